@@ -1,0 +1,237 @@
+//! `wshub`: the standalone server. Parses the command line, merges the config (flags >
+//! env > file > defaults), starts logging, binds, and runs `wshub::serve` until SIGINT or
+//! SIGTERM. All hub behaviour lives in the `wshub` library; this file only wires it up.
+
+mod settings;
+mod sinks;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use settings::{KEYS, Settings};
+use wshub::{Broadcast, Hub, Site};
+
+fn cli() -> Command {
+    let serve = Command::new("serve")
+        .about("Run the hub (a chat demo on http://127.0.0.1:8080 with no arguments)")
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .help("TOML config file (see `wshub config`); also WSHUB_CONFIG"),
+        )
+        .args(KEYS.iter().map(|key| {
+            Arg::new(key.name)
+                .long(key.flag())
+                .value_name("VALUE")
+                .action(ArgAction::Set)
+                .help(format!(
+                    "{} [default: {}] [env: {}]",
+                    key.doc,
+                    key.default,
+                    key.env()
+                ))
+        }));
+    Command::new("wshub")
+        .about("A WebSocket hub: holds many connections and fans messages out to them")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true)
+        .subcommand(serve)
+        .subcommand(
+            Command::new("config").about("Print the default config file, with a comment per key"),
+        )
+}
+
+fn main() -> ExitCode {
+    let matches = cli().get_matches();
+    match matches.subcommand() {
+        Some(("config", _)) => {
+            print!("{}", settings::default_file());
+            ExitCode::SUCCESS
+        }
+        Some(("serve", args)) => {
+            let settings = match load_settings(args) {
+                Ok(settings) => settings,
+                Err(error) => {
+                    eprintln!("wshub: config error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(settings.text("log_format"));
+            match run(settings) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(Failure::Config(error)) => {
+                    eprintln!("wshub: config error: {error:#}");
+                    ExitCode::from(2)
+                }
+                Err(Failure::Runtime(error)) => {
+                    eprintln!("wshub: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => ExitCode::from(2),
+    }
+}
+
+/// defaults < file < env < flags.
+fn load_settings(args: &ArgMatches) -> Result<Settings, settings::SettingError> {
+    let mut settings = Settings::defaults();
+    let file = args
+        .get_one::<String>("config")
+        .cloned()
+        .or_else(|| std::env::var("WSHUB_CONFIG").ok().filter(|s| !s.is_empty()));
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            settings::SettingError(format!("cannot read config file `{path}`: {e}"))
+        })?;
+        settings.apply_toml(&text, &path)?;
+    }
+    settings.apply_env(|var| std::env::var(var).ok())?;
+    for key in KEYS {
+        if let Some(raw) = args.get_one::<String>(key.name) {
+            settings.set_text(key, raw, &format!("--{}", key.flag()))?;
+        }
+    }
+    Ok(settings)
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+enum Failure {
+    /// A bad setting or a path that cannot be used: exit 2.
+    Config(anyhow::Error),
+    /// Anything else (e.g. the port is taken): exit 1.
+    Runtime(anyhow::Error),
+}
+
+fn run(settings: Settings) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")
+        .map_err(Failure::Runtime)?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> Result<(), Failure> {
+    let config = settings.hub_config();
+    config.validate().map_err(|e| Failure::Config(e.into()))?;
+    let site = site(&settings).map_err(Failure::Config)?;
+
+    let hub = match settings.text("on_message") {
+        "webhook" => {
+            let url = settings.optional("webhook_url").ok_or_else(|| {
+                Failure::Config(anyhow::anyhow!(
+                    "invalid config `webhook_url`: required when on_message = \"webhook\""
+                ))
+            })?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(Failure::Config(anyhow::anyhow!(
+                    "invalid config `webhook_url`: `{url}` is not an http:// or https:// URL"
+                )));
+            }
+            let webhook = sinks::Webhook::start(sinks::WebhookConfig {
+                url: url.to_owned(),
+                timeout: settings.duration("webhook_timeout"),
+                retries: settings.count("webhook_retries"),
+                queue: settings.count("webhook_queue"),
+            })
+            .map_err(Failure::Runtime)?;
+            Hub::new(config, webhook)
+        }
+        "stdio" => {
+            let stdio = sinks::Stdio::start();
+            let hub = Hub::new(config, stdio);
+            if let Ok(hub) = &hub {
+                sinks::Stdio::read_stdin(hub.clone());
+            }
+            hub
+        }
+        _ => Hub::new(config, Broadcast),
+    }
+    .map_err(|e| Failure::Config(e.into()))?;
+
+    let bind = settings.text("bind");
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on `{bind}` (config `bind`)"))
+        .map_err(Failure::Runtime)?;
+    let addr = listener
+        .local_addr()
+        .context("listener has no address")
+        .map_err(Failure::Runtime)?;
+    tracing::info!(
+        on_message = settings.text("on_message"),
+        "wshub listening on http://{addr}"
+    );
+
+    let router = wshub::router(hub.clone(), site);
+    wshub::serve(listener, hub, router, shutdown_signal())
+        .await
+        .context("server failed")
+        .map_err(Failure::Runtime)
+}
+
+/// The HTTP surface's settings; checks the paths now, before anything listens.
+fn site(settings: &Settings) -> anyhow::Result<Site> {
+    let home_template = match settings.path("html") {
+        Some(path) => std::fs::read_to_string(&path)
+            .with_context(|| format!("invalid config `html`: cannot read `{}`", path.display()))?,
+        None => wshub::DEFAULT_HOME_TEMPLATE.to_owned(),
+    };
+    let static_dir = match settings.path("static") {
+        Some(path) => {
+            let meta = std::fs::metadata(&path).with_context(|| {
+                format!("invalid config `static`: cannot open `{}`", path.display())
+            })?;
+            anyhow::ensure!(
+                meta.is_dir(),
+                "invalid config `static`: `{}` is not a directory",
+                path.display()
+            );
+            std::fs::read_dir(&path).with_context(|| {
+                format!("invalid config `static`: cannot read `{}`", path.display())
+            })?;
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(Site {
+        home_template,
+        static_dir,
+        api_key: settings.optional("api_key").map(str::to_owned),
+        api_max_body_size: settings.count("api_max_body_size"),
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,475 @@
+//! Every setting of the standalone server, from one table: defaults, the TOML file,
+//! `WSHUB_<KEY>` environment variables and `--<key>` flags, merged in that order
+//! (flags win). The same table prints `wshub config` and builds the flags, so a key
+//! cannot exist in one place and be missing in another.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How a key's value is written and checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Free text (may be empty).
+    Text,
+    /// A whole number ≥ 0.
+    Count,
+    /// A duration like `60s`, `300ms`, `1m`.
+    Duration,
+    /// A list; on the command line and in the environment, comma-separated.
+    List,
+    /// One of the listed words.
+    Choice(&'static [&'static str]),
+}
+
+/// One configuration key.
+#[derive(Debug)]
+pub(crate) struct Key {
+    /// The TOML key; the flag is `--` + name with `-` for `_`, the env var `WSHUB_` + NAME.
+    pub name: &'static str,
+    /// How the value is written.
+    pub kind: Kind,
+    /// The default, written as in the TOML file.
+    pub default: &'static str,
+    /// One line for `wshub config` and `--help`.
+    pub doc: &'static str,
+}
+
+impl Key {
+    /// The command-line flag, without the leading `--`.
+    pub(crate) fn flag(&self) -> String {
+        self.name.replace('_', "-")
+    }
+    /// The environment variable.
+    pub(crate) fn env(&self) -> String {
+        format!("WSHUB_{}", self.name.to_ascii_uppercase())
+    }
+}
+
+const fn key(name: &'static str, kind: Kind, default: &'static str, doc: &'static str) -> Key {
+    Key {
+        name,
+        kind,
+        default,
+        doc,
+    }
+}
+
+/// Every key, in the order `wshub config` prints them.
+pub(crate) const KEYS: &[Key] = &[
+    key(
+        "bind",
+        Kind::Text,
+        "\"127.0.0.1:8080\"",
+        "Address and port to listen on (port 0 picks a free port).",
+    ),
+    key(
+        "html",
+        Kind::Text,
+        "\"\"",
+        "Home page template file; `{{host}}` or `{{$}}` becomes the request's Host. Empty: the built-in chat page.",
+    ),
+    key(
+        "static",
+        Kind::Text,
+        "\"\"",
+        "Directory served under /static/. Empty: /static/ is 404.",
+    ),
+    key(
+        "on_message",
+        Kind::Choice(&["chat", "webhook", "stdio"]),
+        "\"chat\"",
+        "Where inbound messages go: chat (broadcast to all), webhook (POST as JSON), stdio (JSON lines on stdout; stdin lines are broadcast).",
+    ),
+    key(
+        "webhook_url",
+        Kind::Text,
+        "\"\"",
+        "URL that receives each inbound message with on_message = \"webhook\".",
+    ),
+    key(
+        "webhook_timeout",
+        Kind::Duration,
+        "\"5s\"",
+        "Timeout of one webhook request.",
+    ),
+    key(
+        "webhook_retries",
+        Kind::Count,
+        "3",
+        "Retries of a failed webhook request (with doubling backoff from 100ms).",
+    ),
+    key(
+        "webhook_queue",
+        Kind::Count,
+        "1024",
+        "Messages waiting for the webhook; when full, new ones are dropped and logged.",
+    ),
+    key(
+        "api_key",
+        Kind::Text,
+        "\"\"",
+        "Bearer token for POST /api/broadcast. Empty: the API is off (404).",
+    ),
+    key(
+        "api_max_body_size",
+        Kind::Count,
+        "1048576",
+        "Largest API request body in bytes (413 above).",
+    ),
+    key(
+        "allowed_origins",
+        Kind::List,
+        "[]",
+        "Browser origins allowed besides the page's own host, e.g. [\"https://app.example.com\"]; [\"*\"] allows any.",
+    ),
+    key(
+        "max_message_size",
+        Kind::Count,
+        "5120",
+        "Largest inbound message in bytes, across fragments; larger closes with 1009.",
+    ),
+    key(
+        "pong_wait",
+        Kind::Duration,
+        "\"60s\"",
+        "Drop a connection that sent no frame for this long.",
+    ),
+    key(
+        "ping_period",
+        Kind::Duration,
+        "\"54s\"",
+        "Ping each connection this often; must be shorter than pong_wait.",
+    ),
+    key(
+        "write_wait",
+        Kind::Duration,
+        "\"10s\"",
+        "Drop a connection whose write stalls longer than this.",
+    ),
+    key(
+        "send_queue",
+        Kind::Count,
+        "256",
+        "Outbound messages queued per connection; a full queue evicts the client with 1008 \"slow consumer\".",
+    ),
+    key(
+        "read_buffer_size",
+        Kind::Count,
+        "1024",
+        "Read buffer per connection in bytes.",
+    ),
+    key(
+        "write_buffer_size",
+        Kind::Count,
+        "1024",
+        "Bytes of frames gathered before a write (a flush always writes).",
+    ),
+    key(
+        "handshake_timeout",
+        Kind::Duration,
+        "\"10s\"",
+        "An HTTP request or WebSocket handshake must arrive in full within this time.",
+    ),
+    key(
+        "drain_timeout",
+        Kind::Duration,
+        "\"5s\"",
+        "On SIGINT/SIGTERM, how long to wait for connections to close.",
+    ),
+    key(
+        "log_format",
+        Kind::Choice(&["human", "json"]),
+        "\"human\"",
+        "Log format on stderr; RUST_LOG filters (default info).",
+    ),
+];
+
+/// A checked value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Value {
+    /// Text or a choice.
+    Text(String),
+    /// A count.
+    Count(u64),
+    /// A duration.
+    Duration(Duration),
+    /// A list of strings.
+    List(Vec<String>),
+}
+
+/// A refused setting: which key, from where, and why. Printed as one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SettingError(pub(crate) String);
+
+impl std::fmt::Display for SettingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SettingError {}
+
+/// The merged settings, every key present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settings(BTreeMap<&'static str, Value>);
+
+impl Settings {
+    /// The defaults.
+    pub(crate) fn defaults() -> Settings {
+        let mut map = BTreeMap::new();
+        for key in KEYS {
+            // The default literals are ours and parse by construction (a unit test checks).
+            if let Ok(value) = parse_toml_literal(key, key.default) {
+                map.insert(key.name, value);
+            }
+        }
+        Settings(map)
+    }
+
+    /// Overlays a TOML document (a config file).
+    pub(crate) fn apply_toml(&mut self, text: &str, origin: &str) -> Result<(), SettingError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            SettingError(format!("{origin}: not valid TOML: {}", e.message()))
+        })?;
+        for (name, raw) in table {
+            let key = find(&name).ok_or_else(|| {
+                SettingError(format!(
+                    "{origin}: unknown config key `{name}` (see `wshub config` for the keys)"
+                ))
+            })?;
+            let value = from_toml(key, &raw)
+                .map_err(|why| SettingError(format!("{origin}: `{}`: {why}", key.name)))?;
+            self.0.insert(key.name, value);
+        }
+        Ok(())
+    }
+
+    /// Overlays `WSHUB_<KEY>` variables found by `lookup`.
+    pub(crate) fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), SettingError> {
+        for key in KEYS {
+            let var = key.env();
+            if let Some(raw) = lookup(&var) {
+                self.set_text(key, &raw, &format!("environment {var}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets one key from text as written on a command line or in the environment.
+    pub(crate) fn set_text(
+        &mut self,
+        key: &'static Key,
+        raw: &str,
+        origin: &str,
+    ) -> Result<(), SettingError> {
+        let value = from_text(key, raw)
+            .map_err(|why| SettingError(format!("`{}` (from {origin}): {why}", key.name)))?;
+        self.0.insert(key.name, value);
+        Ok(())
+    }
+
+    /// A text or choice value (empty if unset).
+    pub(crate) fn text(&self, name: &str) -> &str {
+        match self.0.get(name) {
+            Some(Value::Text(s)) => s,
+            _ => "",
+        }
+    }
+
+    /// A text value, `None` when empty.
+    pub(crate) fn optional(&self, name: &str) -> Option<&str> {
+        Some(self.text(name)).filter(|s| !s.is_empty())
+    }
+
+    /// A path value, `None` when empty.
+    pub(crate) fn path(&self, name: &str) -> Option<PathBuf> {
+        self.optional(name).map(PathBuf::from)
+    }
+
+    /// A count value.
+    pub(crate) fn count(&self, name: &str) -> usize {
+        match self.0.get(name) {
+            Some(Value::Count(n)) => usize::try_from(*n).unwrap_or(usize::MAX),
+            _ => 0,
+        }
+    }
+
+    /// A duration value.
+    pub(crate) fn duration(&self, name: &str) -> Duration {
+        match self.0.get(name) {
+            Some(Value::Duration(d)) => *d,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// A list value.
+    pub(crate) fn list(&self, name: &str) -> Vec<String> {
+        match self.0.get(name) {
+            Some(Value::List(l)) => l.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The hub's part of the settings.
+    pub(crate) fn hub_config(&self) -> wshub::Config {
+        wshub::Config {
+            max_message_size: self.count("max_message_size"),
+            pong_wait: self.duration("pong_wait"),
+            ping_period: self.duration("ping_period"),
+            write_wait: self.duration("write_wait"),
+            send_queue: self.count("send_queue"),
+            read_buffer_size: self.count("read_buffer_size"),
+            write_buffer_size: self.count("write_buffer_size"),
+            allowed_origins: self.list("allowed_origins"),
+            drain_timeout: self.duration("drain_timeout"),
+            handshake_timeout: self.duration("handshake_timeout"),
+        }
+    }
+}
+
+/// The key called `name`.
+pub(crate) fn find(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The full default config file with a comment per key (`wshub config`).
+pub(crate) fn default_file() -> String {
+    let mut out = String::from(
+        "# wshub configuration. Every key can also be set as WSHUB_<KEY> in the environment\n\
+         # or as --<key> on the command line (with - for _); flags > env > file > defaults.\n\
+         # Durations are written like \"60s\" or \"300ms\".\n",
+    );
+    for key in KEYS {
+        out.push_str(&format!(
+            "\n# {}\n{} = {}\n",
+            key.doc, key.name, key.default
+        ));
+    }
+    out
+}
+
+fn parse_toml_literal(key: &Key, literal: &str) -> Result<Value, String> {
+    let table: toml::Table = format!("v = {literal}")
+        .parse()
+        .map_err(|e: toml::de::Error| e.to_string())?;
+    let raw = table.get("v").ok_or("empty")?;
+    from_toml(key, raw)
+}
+
+fn from_toml(key: &Key, raw: &toml::Value) -> Result<Value, String> {
+    match (key.kind, raw) {
+        (Kind::Count, toml::Value::Integer(n)) => u64::try_from(*n)
+            .map(Value::Count)
+            .map_err(|_| format!("expected a whole number ≥ 0, got {n}")),
+        (Kind::List, toml::Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("expected a list of strings, got {item}"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Value::List),
+        (_, toml::Value::String(s)) => from_text(key, s),
+        (kind, other) => Err(format!("expected {}, got {other}", describe(kind))),
+    }
+}
+
+fn from_text(key: &Key, raw: &str) -> Result<Value, String> {
+    let raw = raw.trim();
+    match key.kind {
+        Kind::Text => Ok(Value::Text(raw.to_owned())),
+        Kind::Count => raw
+            .replace('_', "")
+            .parse::<u64>()
+            .map(Value::Count)
+            .map_err(|_| format!("expected {}, got `{raw}`", describe(key.kind))),
+        Kind::Duration => parse_duration(raw).map(Value::Duration),
+        Kind::List => Ok(Value::List(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )),
+        Kind::Choice(choices) => {
+            if choices.contains(&raw) {
+                Ok(Value::Text(raw.to_owned()))
+            } else {
+                Err(format!(
+                    "expected one of {}, got `{raw}`",
+                    choices.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+/// `60s`, `300ms`, `1m`, `1h 30m`: a number with a unit (a bare number is refused, so a
+/// forgotten unit cannot turn seconds into milliseconds).
+pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
+    if raw.chars().all(|c| c.is_ascii_digit()) && !raw.is_empty() {
+        return Err(format!(
+            "`{raw}` has no unit: write e.g. `{raw}s` or `{raw}ms`"
+        ));
+    }
+    humantime::parse_duration(raw)
+        .map_err(|_| format!("expected a duration like `60s` or `300ms`, got `{raw}`"))
+}
+
+fn describe(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Text => "a string",
+        Kind::Count => "a whole number ≥ 0",
+        Kind::Duration => "a duration like \"60s\" or \"300ms\"",
+        Kind::List => "a list of strings",
+        Kind::Choice(_) => "one of the listed words",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_library() {
+        let s = Settings::defaults();
+        assert_eq!(s.0.len(), KEYS.len(), "every default literal parses");
+        assert_eq!(s.hub_config(), wshub::Config::default());
+    }
+
+    #[test]
+    fn printed_config_parses_back_to_the_defaults() {
+        let mut s = Settings::defaults();
+        s.apply_toml(&default_file(), "test").unwrap();
+        assert_eq!(s, Settings::defaults());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_origin() {
+        let mut s = Settings::defaults();
+        let e = s.apply_toml("pong_wait = 60", "wshub.toml").unwrap_err().0;
+        assert!(e.contains("`pong_wait`") && e.contains("wshub.toml"), "{e}");
+        let e = s.apply_toml("nope = 1", "f.toml").unwrap_err().0;
+        assert!(e.contains("unknown config key `nope`"), "{e}");
+        let e = s
+            .apply_env(|v| (v == "WSHUB_MAX_MESSAGE_SIZE").then(|| "big".to_string()))
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("max_message_size") && e.contains("WSHUB_MAX_MESSAGE_SIZE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("60").is_err());
+    }
+}

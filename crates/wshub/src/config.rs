@@ -1,0 +1,156 @@
+//! The hub's tunables: plain data with the seed's values as defaults.
+//!
+//! This module owns the *meaning* of each limit and the one `validate()` that rejects
+//! nonsense before anything listens. It never reads files, environment variables or flags:
+//! the `wshub` binary does that and hands us a finished [`Config`].
+
+use std::time::Duration;
+
+/// Every limit and timeout of the hub. `Config::default()` is the Go original's behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Largest inbound message in bytes, counted across fragments; larger → close 1009.
+    pub max_message_size: usize,
+    /// A connection from which no frame arrived for this long is dropped.
+    pub pong_wait: Duration,
+    /// How often the server pings each connection; must be shorter than `pong_wait` so an
+    /// idle but healthy peer always answers in time.
+    pub ping_period: Duration,
+    /// A write (flush to the socket) that stalls longer than this drops the connection.
+    pub write_wait: Duration,
+    /// Messages queued per connection before it counts as a slow consumer and is evicted.
+    pub send_queue: usize,
+    /// Socket read buffer per connection, in bytes.
+    pub read_buffer_size: usize,
+    /// Bytes of outbound frames gathered before a write is issued (a flush always writes).
+    pub write_buffer_size: usize,
+    /// Browser origins allowed to upgrade besides the same host; `"*"` allows any.
+    pub allowed_origins: Vec<String>,
+    /// How long a shutdown waits for connections to finish their close handshake.
+    pub drain_timeout: Duration,
+    /// An HTTP request (including a WebSocket upgrade) must arrive in full within this time.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_size: 5120,
+            pong_wait: Duration::from_secs(60),
+            ping_period: Duration::from_secs(54),
+            write_wait: Duration::from_secs(10),
+            send_queue: 256,
+            read_buffer_size: 1024,
+            write_buffer_size: 1024,
+            allowed_origins: Vec::new(),
+            drain_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A config value that cannot work, with the key that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config key at fault (as written in the TOML file).
+    pub key: &'static str,
+    /// Why the value was refused.
+    pub reason: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid config `{}`: {}", self.key, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks every value and the relations between them; the first problem wins.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: String| Err(ConfigError { key, reason });
+        let positive: [(&'static str, usize); 4] = [
+            ("max_message_size", self.max_message_size),
+            ("send_queue", self.send_queue),
+            ("read_buffer_size", self.read_buffer_size),
+            ("write_buffer_size", self.write_buffer_size),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return err(key, "must be at least 1".into());
+            }
+        }
+        let durations: [(&'static str, Duration); 5] = [
+            ("pong_wait", self.pong_wait),
+            ("ping_period", self.ping_period),
+            ("write_wait", self.write_wait),
+            ("drain_timeout", self.drain_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+        ];
+        for (key, value) in durations {
+            if value.is_zero() {
+                return err(key, "must be longer than 0".into());
+            }
+        }
+        if self.ping_period >= self.pong_wait {
+            return err(
+                "ping_period",
+                format!(
+                    "ping_period ({}) must be shorter than pong_wait ({}), or healthy idle clients are dropped",
+                    format_duration(self.ping_period),
+                    format_duration(self.pong_wait)
+                ),
+            );
+        }
+        for origin in &self.allowed_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return err(
+                    "allowed_origins",
+                    format!("`{origin}` is not `*` nor an origin like `https://example.com`"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Formats a duration the way config files write it: `60s`, `300ms`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_seed_and_valid() {
+        let c = Config::default();
+        assert_eq!(c.max_message_size, 5120);
+        assert_eq!(c.ping_period, Duration::from_secs(54));
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn ping_period_must_be_below_pong_wait_naming_both() {
+        let c = Config {
+            ping_period: Duration::from_secs(60),
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.key, "ping_period");
+        assert!(e.reason.contains("pong_wait"), "{e}");
+    }
+
+    #[test]
+    fn durations_format_as_written() {
+        assert_eq!(format_duration(Duration::from_secs(60)), "60s");
+        assert_eq!(format_duration(Duration::from_millis(300)), "300ms");
+    }
+}

@@ -1,0 +1,211 @@
+//! One connection's life: the Go original's read pump and write pump as one task.
+//!
+//! A single `select!` loop reads frames, drains the outbox, pings and watches the pong
+//! deadline. It ends exactly once, for one [`CloseReason`]: then it sends that close frame
+//! (if the link still works), waits briefly for the peer's, leaves the hub and tells the
+//! handler. Nothing here loops on a failed read or closes twice: every exit goes through
+//! the same `finish` path and the task ends with it.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{self, error::ProtocolError};
+
+use crate::handler::ConnInfo;
+use crate::hub::{Hub, Registration};
+use crate::message::{CloseReason, Message};
+use crate::outbox::Drained;
+
+/// How long we wait for the peer's close frame after sending ours ("wait briefly").
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How the loop ended.
+enum End {
+    /// We close, for this reason: send the close frame, then wait for the peer's.
+    Close(CloseReason),
+    /// The peer closed (its close frame has been answered), or the link broke.
+    Gone(CloseReason),
+}
+
+/// What the upgrade request told us about the peer, kept for the handler.
+pub(crate) struct Request {
+    pub(crate) remote_addr: Option<std::net::SocketAddr>,
+    pub(crate) uri: http::Uri,
+    pub(crate) headers: http::HeaderMap,
+}
+
+/// Runs one upgraded connection to its end.
+pub(crate) async fn run<S>(mut ws: WebSocketStream<S>, hub: Hub, request: Request)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let registration = hub.register();
+    let info = ConnInfo {
+        id: registration.id,
+        remote_addr: request.remote_addr,
+        uri: request.uri,
+        headers: request.headers,
+    };
+    tracing::debug!(conn_id = %info.id, remote = ?info.remote_addr, "connected");
+    hub.handler().on_connect(&hub, &info).await;
+
+    let end = pump(&mut ws, &hub, &info, &registration).await;
+    let reason = finish(&mut ws, end, hub.config().write_wait).await;
+
+    registration.leave();
+    tracing::debug!(conn_id = %info.id, code = reason.code, reason = %reason.reason, "disconnected");
+    hub.handler().on_disconnect(&hub, &info, &reason).await;
+    drop(registration);
+}
+
+/// The read pump and the write pump, interleaved; returns why the connection must end.
+async fn pump<S>(
+    ws: &mut WebSocketStream<S>,
+    hub: &Hub,
+    info: &ConnInfo,
+    registration: &Registration,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = hub.config();
+    let outbox = &registration.outbox;
+    let mut spare = VecDeque::new();
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + config.ping_period, config.ping_period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Any frame from the peer proves it alive. Rather than re-arm a timer per frame, note
+    // the time and re-arm only when the deadline passes.
+    let mut last_seen = Instant::now();
+    let pong_deadline = tokio::time::sleep(config.pong_wait);
+    tokio::pin!(pong_deadline);
+
+    loop {
+        tokio::select! {
+            biased;
+            () = outbox.ready() => {
+                let Drained { mut messages, close } = outbox.drain(std::mem::take(&mut spare));
+                if !messages.is_empty() {
+                    let frames = messages.drain(..).map(|m| m.to_frame());
+                    if let Err(end) = write_all(ws, frames, config.write_wait).await {
+                        return end;
+                    }
+                }
+                spare = messages;
+                if let Some(reason) = close {
+                    return End::Close(reason);
+                }
+            }
+            frame = ws.next() => {
+                last_seen = Instant::now();
+                match frame {
+                    Some(Ok(frame @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_)))) => {
+                        if let Some(message) = Message::from_frame(frame) {
+                            hub.handler().on_message(hub, info, message).await;
+                        }
+                    }
+                    Some(Ok(tungstenite::Message::Ping(_))) => {
+                        // tungstenite queued the pong; send it now rather than with the next write.
+                        if let Err(end) = flush(ws, config.write_wait).await {
+                            return end;
+                        }
+                    }
+                    Some(Ok(tungstenite::Message::Close(frame))) => {
+                        // tungstenite queued the echo of the peer's close; send it.
+                        let _ = flush(ws, config.write_wait).await;
+                        let reason = frame.map_or(CloseReason::new(1005, ""), |f| {
+                            CloseReason::new(u16::from(f.code), f.reason.to_string())
+                        });
+                        return End::Gone(reason);
+                    }
+                    Some(Ok(_)) => {} // pong (already counted as a sign of life) or raw frame
+                    Some(Err(error)) => return classify(error),
+                    None => return End::Gone(CloseReason::ABNORMAL),
+                }
+            }
+            _ = ping.tick() => {
+                if let Err(end) = write_all(ws, std::iter::once(tungstenite::Message::Ping(Default::default())), config.write_wait).await {
+                    return end;
+                }
+            }
+            () = &mut pong_deadline => {
+                let deadline = last_seen + config.pong_wait;
+                if Instant::now() >= deadline {
+                    return End::Close(CloseReason::PONG_TIMEOUT);
+                }
+                pong_deadline.as_mut().reset(deadline);
+            }
+        }
+    }
+}
+
+/// Queues `frames` and flushes them in one go, within `write_wait`.
+async fn write_all<S>(
+    ws: &mut WebSocketStream<S>,
+    frames: impl Iterator<Item = tungstenite::Message>,
+    write_wait: Duration,
+) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let write = async {
+        for frame in frames {
+            ws.feed(frame).await?;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(write_wait, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(classify(error)),
+        Err(_) => Err(End::Gone(CloseReason::new(1006, "write timeout"))),
+    }
+}
+
+async fn flush<S>(ws: &mut WebSocketStream<S>, write_wait: Duration) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    write_all(ws, std::iter::empty(), write_wait).await
+}
+
+/// The one mapping from a WebSocket error to how the connection ends.
+fn classify(error: tungstenite::Error) -> End {
+    use tungstenite::Error as E;
+    match error {
+        E::Capacity(_) => End::Close(CloseReason::MESSAGE_TOO_BIG),
+        E::Utf8(_) => End::Close(CloseReason::INVALID_UTF8),
+        E::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            End::Gone(CloseReason::ABNORMAL)
+        }
+        E::Protocol(_) => End::Close(CloseReason::PROTOCOL_ERROR),
+        _ => End::Gone(CloseReason::ABNORMAL),
+    }
+}
+
+/// Completes the close handshake when we are the one closing; returns the final reason.
+async fn finish<S>(ws: &mut WebSocketStream<S>, end: End, write_wait: Duration) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let reason = match end {
+        End::Gone(reason) => return reason,
+        End::Close(reason) => reason,
+    };
+    let sent = tokio::time::timeout(write_wait, ws.send(reason.to_frame())).await;
+    if matches!(sent, Ok(Ok(()))) {
+        // Wait briefly for the peer's close frame; whatever else it sends is dropped.
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(frame)) = ws.next().await {
+                if frame.is_close() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    reason
+}

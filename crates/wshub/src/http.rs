@@ -1,0 +1,169 @@
+//! The HTTP surface, readable top to bottom: the home page, static files, the WebSocket
+//! endpoint and the publish API, each a route with its own small handler.
+//!
+//! Anything not routed is 404; a routed path with the wrong method is 405 (as the Go
+//! original). The routes only translate HTTP into hub calls; the hub does the work.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, StatusCode, header};
+use tower_http::services::ServeDir;
+
+use crate::hub::Hub;
+use crate::message::Message;
+
+/// The home page used when no template is given: a chat client for `/ws`.
+pub const DEFAULT_HOME_TEMPLATE: &str = include_str!("../assets/home.html");
+
+/// What the HTTP surface serves besides `/ws`.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The home page template; `{{host}}` (or the Go template's `{{$}}`) becomes the
+    /// request's `Host`, HTML-escaped.
+    pub home_template: String,
+    /// Directory served under `/static/`; `None` → every `/static/…` is 404.
+    pub static_dir: Option<PathBuf>,
+    /// Bearer token for `/api/*`; `None` → the API is off (404).
+    pub api_key: Option<String>,
+    /// Largest request body the API accepts, in bytes (413 above).
+    pub api_max_body_size: usize,
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Site {
+            home_template: DEFAULT_HOME_TEMPLATE.to_owned(),
+            static_dir: None,
+            api_key: None,
+            api_max_body_size: 1024 * 1024,
+        }
+    }
+}
+
+/// The whole HTTP surface for `hub`: `/`, `/static/`, `/ws` and, with an API key,
+/// `POST /api/broadcast`.
+pub fn router(hub: Hub, site: Site) -> Router {
+    let mut router = Router::new()
+        .route("/", get(home).with_state(Arc::new(site.home_template)))
+        .route("/ws", hub.endpoint());
+    if let Some(dir) = site.static_dir {
+        router = router.nest_service("/static", ServeDir::new(dir));
+    }
+    if let Some(key) = site.api_key {
+        let api = Api { hub, key };
+        router = router.route(
+            "/api/broadcast",
+            post(api_broadcast)
+                .with_state(Arc::new(api))
+                .layer(DefaultBodyLimit::max(site.api_max_body_size)),
+        );
+    }
+    router.fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
+}
+
+/// `GET /` (and HEAD): the template with the request's host filled in.
+async fn home(State(template): State<Arc<String>>, headers: HeaderMap) -> Html<String> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let host = escape_html(host);
+    Html(template.replace("{{host}}", &host).replace("{{$}}", &host))
+}
+
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&#34;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Api {
+    hub: Hub,
+    key: String,
+}
+
+/// `POST /api/broadcast`: the body goes to every connection, as text for `text/*` and
+/// JSON content types, as binary otherwise. Answers `{"recipients": N}`.
+async fn api_broadcast(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refusal) = authorize(&headers, &api.key) {
+        return refusal;
+    }
+    let message = if is_textual(&headers) {
+        match Message::text_from_bytes(body) {
+            Ok(m) => m,
+            Err(_) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "body is not valid UTF-8 but its content type is textual",
+                );
+            }
+        }
+    } else {
+        Message::binary(body)
+    };
+    let recipients = api.hub.broadcast(message);
+    axum::Json(serde_json::json!({ "recipients": recipients })).into_response()
+}
+
+fn authorize(headers: &HeaderMap, key: &str) -> Result<(), Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), key.as_bytes()) => Ok(()),
+        Some(_) => Err(unauthorized("wrong API key")),
+        None => Err(unauthorized(
+            "missing `Authorization: Bearer <api key>` header",
+        )),
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = json_error(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Compares without an early exit, so the time taken does not reveal the key.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn is_textual(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime.starts_with("text/") || mime == "application/json" || mime.ends_with("+json")
+}

@@ -1,0 +1,266 @@
+//! The hub: the registry of live connections and the fan-out to them.
+//!
+//! [`Hub`] is a cheap, cloneable handle that any task or thread may use at any time. The
+//! registry is split into shards, each behind its own short `std::sync::Mutex`, so a
+//! broadcast never holds one global lock and registrations rarely contend. Fan-out only
+//! ever calls [`Outbox::try_push`]: it never waits on a connection, and a connection whose
+//! queue is full is evicted (close 1008 "slow consumer") on the spot, alone.
+//!
+//! The hub never touches a socket and knows nothing of HTTP; connections register here and
+//! their own task does the I/O.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::config::{Config, ConfigError};
+use crate::handler::{DynHandler, Handler};
+use crate::message::{CloseReason, Message};
+use crate::outbox::{Outbox, PushError};
+
+/// Registry shards: enough that broadcasts and registrations on different cores rarely
+/// meet on one lock, few enough that a broadcast's walk over them stays cheap.
+const SHARDS: usize = 16;
+
+/// A connection's identity within this hub: unique for the hub's lifetime, never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// The id as a number (as written in logs, webhooks and stdio lines).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Why [`Hub::send`] could not queue a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// No live connection has this id.
+    NotFound,
+    /// The connection's queue was full: it has been evicted as a slow consumer.
+    SlowConsumer,
+    /// The connection is already closing.
+    Closing,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SendError::NotFound => "no such connection",
+            SendError::SlowConsumer => "connection evicted as a slow consumer",
+            SendError::Closing => "connection is closing",
+        })
+    }
+}
+
+impl std::error::Error for SendError {}
+
+type Shard = Mutex<HashMap<ConnId, Arc<Outbox>>>;
+
+/// A handle to the hub. Clone it freely; all clones are the same hub.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Limits and timeouts, validated once in [`Hub::new`].
+    config: Config,
+    /// The application's callbacks, called by each connection's own task.
+    handler: Arc<dyn DynHandler>,
+    /// Live connections by id, sharded by `id % SHARDS`.
+    shards: Box<[Shard]>,
+    /// Source of connection ids.
+    next_id: AtomicU64,
+    /// Connections whose task has not ended yet (registered or finishing their close).
+    live: AtomicUsize,
+    /// Woken when `live` drops to zero, for the shutdown drain.
+    emptied: Notify,
+    /// Set by [`Hub::shutdown`]: new upgrades are refused with 503.
+    closing: AtomicBool,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("connections", &self.connection_count())
+            .field("closing", &self.is_closing())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub with the given limits, calling `handler` for every connection event.
+    /// Fails if the config is not valid (see [`Config::validate`]).
+    pub fn new(config: Config, handler: impl Handler) -> Result<Hub, ConfigError> {
+        config.validate()?;
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        Ok(Hub {
+            inner: Arc::new(Inner {
+                config,
+                handler: Arc::new(handler),
+                shards,
+                next_id: AtomicU64::new(1),
+                live: AtomicUsize::new(0),
+                emptied: Notify::new(),
+                closing: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The hub's configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub(crate) fn handler(&self) -> &dyn DynHandler {
+        &*self.inner.handler
+    }
+
+    /// Sends `message` to every connection; returns how many accepted it. Never waits: a
+    /// connection whose queue is full is evicted with close 1008 "slow consumer".
+    pub fn broadcast(&self, message: impl Into<Message>) -> usize {
+        let message = message.into();
+        let mut delivered = 0;
+        for shard in self.inner.shards.iter() {
+            for (id, outbox) in lock(shard).iter() {
+                match outbox.try_push(message.clone()) {
+                    Ok(()) => delivered += 1,
+                    Err(PushError::Full) => evict(*id, outbox),
+                    Err(PushError::Closed) => {}
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Sends `message` to one connection.
+    pub fn send(&self, id: ConnId, message: impl Into<Message>) -> Result<(), SendError> {
+        let outbox = self.outbox(id).ok_or(SendError::NotFound)?;
+        match outbox.try_push(message.into()) {
+            Ok(()) => Ok(()),
+            Err(PushError::Full) => {
+                evict(id, &outbox);
+                Err(SendError::SlowConsumer)
+            }
+            Err(PushError::Closed) => Err(SendError::Closing),
+        }
+    }
+
+    /// Closes one connection with `code` and `reason` after it has written what is already
+    /// queued for it. Returns false if there is no such connection or it is already closing.
+    pub fn close(
+        &self,
+        id: ConnId,
+        code: u16,
+        reason: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> bool {
+        self.outbox(id)
+            .is_some_and(|outbox| outbox.close(CloseReason::new(code, reason)))
+    }
+
+    /// Connections currently open (upgraded and not yet finished).
+    pub fn connection_count(&self) -> usize {
+        self.inner.live.load(Ordering::Acquire)
+    }
+
+    /// True once [`Hub::shutdown`] has begun.
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire)
+    }
+
+    /// Refuses new connections, asks every connection to close with 1001, and waits up to
+    /// `drain_timeout` for them to finish. Returns how many were still open at the deadline.
+    pub async fn shutdown(&self) -> usize {
+        self.inner.closing.store(true, Ordering::Release);
+        for shard in self.inner.shards.iter() {
+            for outbox in lock(shard).values() {
+                outbox.close(CloseReason::SHUTDOWN);
+            }
+        }
+        let drained = tokio::time::timeout(self.inner.config.drain_timeout, self.wait_empty());
+        let _ = drained.await;
+        self.connection_count()
+    }
+
+    async fn wait_empty(&self) {
+        loop {
+            let emptied = self.inner.emptied.notified();
+            if self.connection_count() == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
+
+    fn outbox(&self, id: ConnId) -> Option<Arc<Outbox>> {
+        lock(self.shard(id)).get(&id).cloned()
+    }
+
+    fn shard(&self, id: ConnId) -> &Shard {
+        // The modulo keeps the index in range for any id.
+        &self.inner.shards[(id.0 % SHARDS as u64) as usize]
+    }
+
+    /// Adds a new connection; it stays counted until the returned guard is dropped.
+    pub(crate) fn register(&self) -> Registration {
+        let id = ConnId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let outbox = Arc::new(Outbox::new(self.inner.config.send_queue));
+        self.inner.live.fetch_add(1, Ordering::AcqRel);
+        lock(self.shard(id)).insert(id, outbox.clone());
+        if self.is_closing() {
+            // Shutdown began between the upgrade check and now: close this one as well.
+            outbox.close(CloseReason::SHUTDOWN);
+        }
+        Registration {
+            hub: self.clone(),
+            id,
+            outbox,
+        }
+    }
+}
+
+fn lock(shard: &Shard) -> MutexGuard<'_, HashMap<ConnId, Arc<Outbox>>> {
+    // Each critical section is a single map operation or a walk of try_push calls that
+    // cannot panic midway, so a poisoned shard is still consistent.
+    shard.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn evict(id: ConnId, outbox: &Outbox) {
+    if outbox.evict(CloseReason::SLOW_CONSUMER) {
+        tracing::info!(conn_id = %id, "evicting slow consumer: send queue full");
+    }
+}
+
+/// A connection's place in the hub. `leave()` stops deliveries; dropping it ends the
+/// connection's count, so [`Hub::shutdown`] waits for the task itself to finish.
+pub(crate) struct Registration {
+    hub: Hub,
+    pub(crate) id: ConnId,
+    pub(crate) outbox: Arc<Outbox>,
+}
+
+impl Registration {
+    /// Removes the connection from the registry: nothing more is queued for it.
+    pub(crate) fn leave(&self) {
+        lock(self.hub.shard(self.id)).remove(&self.id);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.leave();
+        if self.hub.inner.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.hub.inner.emptied.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! wshub: a WebSocket hub. It holds many connections open, hands what clients send to the
+//! application, and pushes what the application sends to every client, fast and without
+//! blocking on the slow ones.
+//!
+//! ```no_run
+//! use wshub::{Broadcast, Config, Hub, Site};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // A chat server: every message goes to everyone.
+//! let hub = Hub::new(Config::default(), Broadcast)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let router = wshub::router(hub.clone(), Site::default());
+//! wshub::serve(listener, hub, router, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! To mount only the WebSocket endpoint in your own axum app:
+//! `Router::new().route("/ws", hub.endpoint())`.
+//!
+//! # Layout
+//!
+//! Data flows one way: socket → connection → handler (the application) → hub → outboxes →
+//! connections → sockets.
+//!
+//! - [`config`](Config): limits and timeouts with the Go original's defaults; `validate()`.
+//! - `message`: [`Message`] (text/binary, shared payload) and [`CloseReason`].
+//! - `handler`: the application's [`Handler`] callbacks and [`ConnInfo`].
+//! - `hub`: [`Hub`], the sharded registry and the non-blocking fan-out.
+//! - `outbox`: a connection's bounded queue; full means slow consumer.
+//! - `connection`: one task per connection: read pump + write pump, pings, deadlines, close.
+//! - `upgrade`: HTTP → WebSocket checks (version, key, origin) and the 101.
+//! - `http`: the HTTP surface ([`router`]): home page, static files, `/ws`, publish API.
+//! - `server`: [`serve`]: the accept loop, handshake limits and graceful shutdown.
+
+mod config;
+mod connection;
+mod handler;
+mod http;
+mod hub;
+mod message;
+mod outbox;
+mod server;
+mod upgrade;
+
+pub use config::{Config, ConfigError, format_duration};
+pub use handler::{Broadcast, ConnInfo, Handler};
+pub use http::{DEFAULT_HOME_TEMPLATE, Site, router};
+pub use hub::{ConnId, Hub, SendError};
+pub use message::{CloseReason, Message};
+pub use server::{MAX_HEADER_BYTES, serve};

@@ -1,0 +1,103 @@
+//! The accept loop and graceful shutdown: `serve(listener, hub, router, shutdown)`.
+//!
+//! We run hyper ourselves rather than `axum::serve` for three reasons: the request head
+//! must arrive within `handshake_timeout` (slowloris), its size is bounded (431 above
+//! 16 KiB), and shutdown must also drain the upgraded WebSocket connections, which
+//! outlive the HTTP connections that axum's drain tracks.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::hub::Hub;
+
+/// Largest request head (request line + headers) accepted; larger → 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting, closes
+/// every WebSocket with 1001 and waits up to `drain_timeout` for them and for in-flight
+/// HTTP requests. The caller owns the listener (port 0 for tests) and the signal.
+pub async fn serve(
+    listener: TcpListener,
+    hub: Hub,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(hub.config().handshake_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
+    // Each HTTP connection task holds a receiver: `send(true)` asks them to finish their
+    // current request and stop; `closed()` resolves once every task has ended.
+    let (stop_http, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors or a transient error: back off, keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper::service::service_fn(move_router(router.clone(), remote));
+        let connection = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = stop.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, %remote, "http connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    tracing::info!("shutting down: closing connections");
+    let left = hub.shutdown().await;
+    if left > 0 {
+        tracing::warn!(left, "drain timeout: connections still open");
+    }
+    let _ = stop_http.send(true);
+    drop(stop_rx);
+    let _ = tokio::time::timeout(hub.config().drain_timeout, stop_http.closed()).await;
+    Ok(())
+}
+
+/// Adapts the router to hyper, recording the peer address as axum's `ConnectInfo`.
+fn move_router(
+    router: Router,
+    remote: SocketAddr,
+) -> impl Fn(
+    http::Request<Incoming>,
+) -> std::pin::Pin<
+    Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
+> + Clone {
+    move |mut request: http::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(remote));
+        let router = router.clone();
+        Box::pin(async move { router.oneshot(request).await })
+    }
+}

@@ -1,0 +1,242 @@
+//! HTTP → WebSocket: everything decided before a connection exists.
+//!
+//! This is the last point where the request is plain HTTP, so every refusal gets a status
+//! and a one-line message: not an upgrade or a wrong version (426, naming version 13), a
+//! bad key (400), a foreign browser origin (403), a hub shutting down (503). Only then do
+//! we answer 101 and hand the upgraded socket to [`crate::connection::run`].
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::config::Config;
+use crate::connection;
+use crate::hub::Hub;
+
+impl Hub {
+    /// The WebSocket endpoint as an axum route, to mount at any path of any router:
+    /// `Router::new().route("/ws", hub.endpoint())`. Methods other than GET get 405.
+    pub fn endpoint<S: Clone + Send + Sync + 'static>(&self) -> axum::routing::MethodRouter<S> {
+        axum::routing::get(endpoint).with_state(self.clone())
+    }
+}
+
+/// The axum handler behind [`Hub::endpoint`].
+async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
+    let key = match check(&request, hub.config()) {
+        Ok(key) => key,
+        Err(refusal) => return refusal,
+    };
+    if hub.is_closing() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    if request
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_none()
+    {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "this connection cannot be upgraded (HTTP/1.1 required)",
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let remote_addr = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    let (parts, _body) = request.into_parts();
+    let request = connection::Request {
+        remote_addr,
+        uri: parts.uri,
+        headers: parts.headers,
+    };
+    let ws_config = websocket_config(hub.config());
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await;
+                connection::run(ws, hub, request).await;
+            }
+            Err(error) => tracing::debug!(%error, "upgrade failed"),
+        }
+    });
+
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+/// The WebSocket layer's limits, from the hub's config.
+fn websocket_config(config: &Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_size)
+        .write_buffer_size(config.write_buffer_size)
+        .max_message_size(Some(config.max_message_size))
+        // A single frame can never be larger than the message it belongs to; checking it
+        // at the frame header refuses an oversized frame before reading its payload.
+        .max_frame_size(Some(config.max_message_size))
+}
+
+/// Checks the upgrade request; returns the client's `Sec-WebSocket-Key`.
+fn check(request: &Request, config: &Config) -> Result<String, Response> {
+    let headers = request.headers();
+    if !header_has_token(headers, header::CONNECTION, "upgrade")
+        || !header_has_token(headers, header::UPGRADE, "websocket")
+    {
+        return Err(refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "this is a WebSocket endpoint: send an upgrade request (Connection: Upgrade, Upgrade: websocket)",
+        ));
+    }
+    match headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+    {
+        Some(b"13") => {}
+        Some(other) => {
+            let other = String::from_utf8_lossy(other);
+            return Err(refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                &format!("unsupported Sec-WebSocket-Version `{other}`: this server speaks 13"),
+            ));
+        }
+        None => {
+            return Err(refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                "missing Sec-WebSocket-Version: this server speaks 13",
+            ));
+        }
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| is_valid_key(k))
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "missing or malformed Sec-WebSocket-Key (must be 16 bytes, base64-encoded)",
+            )
+        })?;
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let origin = origin.to_str().unwrap_or("");
+        if !origin_allowed(origin, host, &config.allowed_origins) {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                &format!("origin `{origin}` is not allowed (see allowed_origins)"),
+            ));
+        }
+    }
+    Ok(key.to_owned())
+}
+
+/// True if a comma-separated header contains `token` (case-insensitive), as
+/// `Connection: keep-alive, Upgrade` does.
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A key is 16 random bytes in base64: 22 significant characters and `==`.
+fn is_valid_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b.ends_with(b"==")
+        && b[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
+/// The Go upgrader's default check (the origin's host equals the request's `Host`),
+/// widened by `allowed_origins` (exact origins, or `*`).
+pub(crate) fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> bool {
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let Some((_scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    host.is_some_and(|host| authority.eq_ignore_ascii_case(host))
+}
+
+/// A refusal: status, plain-text reason, and for 426 the version we speak.
+fn refuse(status: StatusCode, message: &str) -> Response {
+    let mut response = (status, format!("{message}\n")).into_response();
+    if status == StatusCode::UPGRADE_REQUIRED {
+        let headers = response.headers_mut();
+        headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_host_origin_passes_foreign_fails() {
+        assert!(origin_allowed(
+            "http://localhost:8080",
+            Some("localhost:8080"),
+            &[]
+        ));
+        assert!(origin_allowed(
+            "http://LOCALHOST:8080",
+            Some("localhost:8080"),
+            &[]
+        ));
+        assert!(!origin_allowed(
+            "http://evil.example",
+            Some("localhost:8080"),
+            &[]
+        ));
+        assert!(!origin_allowed("null", Some("localhost:8080"), &[]));
+        let allowed = vec!["https://app.example".to_string()];
+        assert!(origin_allowed(
+            "https://app.example",
+            Some("localhost"),
+            &allowed
+        ));
+        assert!(origin_allowed(
+            "https://x.example",
+            None,
+            &["*".to_string()]
+        ));
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(is_valid_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_valid_key("dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!is_valid_key("dGhlIHNhbXBsZSBub25j!Q=="));
+    }
+}
