@@ -12,9 +12,9 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 use settings::{KEYS, Settings};
 use wshub::{Broadcast, Hub, Site};
 
-fn cli() -> Command {
-    let serve = Command::new("serve")
-        .about("Run the hub (a chat demo on http://127.0.0.1:8080 with no arguments)")
+/// The settings flags, shared by `serve` and `check`.
+fn with_settings_flags(command: Command) -> Command {
+    command
         .arg(
             Arg::new("config")
                 .long("config")
@@ -32,12 +32,23 @@ fn cli() -> Command {
                     key.default,
                     key.env()
                 ))
-        }));
+        }))
+}
+
+fn cli() -> Command {
+    let serve = with_settings_flags(
+        Command::new("serve")
+            .about("Run the hub (a chat demo on http://127.0.0.1:8080 with no arguments)"),
+    );
+    let check = with_settings_flags(Command::new("check").about(
+        "Validate the config (file + env + flags) and print the effective settings, without serving",
+    ));
     Command::new("wshub")
         .about("A WebSocket hub: holds many connections and fans messages out to them")
         .version(env!("CARGO_PKG_VERSION"))
         .subcommand_required(true)
         .subcommand(serve)
+        .subcommand(check)
         .subcommand(
             Command::new("config").about("Print the default config file, with a comment per key"),
         )
@@ -49,6 +60,21 @@ fn main() -> ExitCode {
         Some(("config", _)) => {
             print!("{}", settings::default_file());
             ExitCode::SUCCESS
+        }
+        Some(("check", args)) => {
+            let checked = load_settings(args)
+                .map_err(anyhow::Error::from)
+                .and_then(|settings| plan(&settings).map(|_| settings));
+            match checked {
+                Ok(settings) => {
+                    print!("{}", settings.render());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("wshub: config error: {error:#}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Some(("serve", args)) => {
             let settings = match load_settings(args) {
@@ -117,53 +143,84 @@ enum Failure {
     Runtime(anyhow::Error),
 }
 
-fn run(settings: Settings) -> Result<(), Failure> {
-    let runtime = tokio::runtime::Runtime::new()
-        .context("cannot start the async runtime")
-        .map_err(Failure::Runtime)?;
-    runtime.block_on(serve(settings))
+/// Everything `serve` needs, checked before anything listens.
+struct Plan {
+    config: wshub::Config,
+    site: Site,
+    sink: Sink,
+    bind: String,
 }
 
-async fn serve(settings: Settings) -> Result<(), Failure> {
-    let config = settings.hub_config();
-    config.validate().map_err(|e| Failure::Config(e.into()))?;
-    let site = site(&settings).map_err(Failure::Config)?;
+/// Where inbound messages go (`on_message`).
+enum Sink {
+    Chat,
+    Webhook(sinks::WebhookConfig),
+    Stdio,
+}
 
-    let hub = match settings.text("on_message") {
+/// Checks every setting and path; any error names its config key.
+fn plan(settings: &Settings) -> anyhow::Result<Plan> {
+    let config = settings.hub_config();
+    config.validate()?;
+    let sink = match settings.text("on_message") {
         "webhook" => {
             let url = settings.optional("webhook_url").ok_or_else(|| {
-                Failure::Config(anyhow::anyhow!(
+                anyhow::anyhow!(
                     "invalid config `webhook_url`: required when on_message = \"webhook\""
-                ))
+                )
             })?;
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(Failure::Config(anyhow::anyhow!(
-                    "invalid config `webhook_url`: `{url}` is not an http:// or https:// URL"
-                )));
-            }
-            let webhook = sinks::Webhook::start(sinks::WebhookConfig {
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "invalid config `webhook_url`: `{url}` is not an http:// or https:// URL"
+            );
+            Sink::Webhook(sinks::WebhookConfig {
                 url: url.to_owned(),
                 timeout: settings.duration("webhook_timeout"),
                 retries: settings.count("webhook_retries"),
                 queue: settings.count("webhook_queue"),
             })
-            .map_err(Failure::Runtime)?;
-            Hub::new(config, webhook)
         }
-        "stdio" => {
-            let stdio = sinks::Stdio::start();
-            let hub = Hub::new(config, stdio);
-            if let Ok(hub) = &hub {
-                sinks::Stdio::read_stdin(hub.clone());
-            }
-            hub
-        }
-        _ => Hub::new(config, Broadcast),
+        "stdio" => Sink::Stdio,
+        _ => Sink::Chat,
+    };
+    Ok(Plan {
+        config,
+        site: site(settings)?,
+        sink,
+        bind: settings.text("bind").to_owned(),
+    })
+}
+
+fn run(settings: Settings) -> Result<(), Failure> {
+    let plan = plan(&settings).map_err(Failure::Config)?;
+    let runtime = tokio::runtime::Runtime::new()
+        .context("cannot start the async runtime")
+        .map_err(Failure::Runtime)?;
+    runtime.block_on(serve(plan, settings.text("on_message")))
+}
+
+async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
+    let Plan {
+        config,
+        site,
+        sink,
+        bind,
+    } = plan;
+    let hub = match sink {
+        Sink::Chat => Hub::new(config, Broadcast),
+        Sink::Webhook(webhook) => Hub::new(
+            config,
+            sinks::Webhook::start(webhook).map_err(Failure::Runtime)?,
+        ),
+        Sink::Stdio => Hub::new(config, sinks::Stdio::start())
+            .inspect(|hub| sinks::Stdio::read_stdin(hub.clone())),
     }
     .map_err(|e| Failure::Config(e.into()))?;
 
-    let bind = settings.text("bind");
-    let listener = tokio::net::TcpListener::bind(bind)
+    let shutdown = shutdown_signal()
+        .context("cannot install signal handlers")
+        .map_err(Failure::Runtime)?;
+    let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .with_context(|| format!("cannot listen on `{bind}` (config `bind`)"))
         .map_err(Failure::Runtime)?;
@@ -171,13 +228,10 @@ async fn serve(settings: Settings) -> Result<(), Failure> {
         .local_addr()
         .context("listener has no address")
         .map_err(Failure::Runtime)?;
-    tracing::info!(
-        on_message = settings.text("on_message"),
-        "wshub listening on http://{addr}"
-    );
+    tracing::info!(on_message, "wshub listening on http://{addr}");
 
     let router = wshub::router(hub.clone(), site);
-    wshub::serve(listener, hub, router, shutdown_signal())
+    wshub::serve(listener, hub, router, shutdown)
         .await
         .context("server failed")
         .map_err(Failure::Runtime)
@@ -215,23 +269,16 @@ fn site(settings: &Settings) -> anyhow::Result<Site> {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGINT or SIGTERM. The handlers are installed now, before we announce the address, so
+/// a signal sent right after startup is never lost to the default action.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-    }
+    })
 }

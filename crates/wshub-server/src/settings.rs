@@ -314,6 +314,25 @@ impl Settings {
         }
     }
 
+    /// The effective settings as a TOML file (`wshub check`).
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        for key in KEYS {
+            let literal = match self.0.get(key.name) {
+                Some(Value::Text(s)) => toml::Value::String(s.clone()).to_string(),
+                Some(Value::Count(n)) => n.to_string(),
+                Some(Value::Duration(d)) => format!("\"{}\"", wshub::format_duration(*d)),
+                Some(Value::List(items)) => {
+                    toml::Value::Array(items.iter().cloned().map(toml::Value::String).collect())
+                        .to_string()
+                }
+                None => continue,
+            };
+            out.push_str(&format!("{} = {literal}\n", key.name));
+        }
+        out
+    }
+
     /// The hub's part of the settings.
     pub(crate) fn hub_config(&self) -> wshub::Config {
         wshub::Config {
@@ -464,6 +483,19 @@ mod tests {
             e.contains("max_message_size") && e.contains("WSHUB_MAX_MESSAGE_SIZE"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn rendered_settings_parse_back() {
+        let mut s = Settings::defaults();
+        s.apply_toml(
+            "api_key = \"a\\\"b\"\nallowed_origins = [\"*\"]\npong_wait = \"1500ms\"",
+            "t",
+        )
+        .unwrap();
+        let mut back = Settings::defaults();
+        back.apply_toml(&s.render(), "rendered").unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

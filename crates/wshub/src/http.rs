@@ -53,7 +53,7 @@ pub fn router(hub: Hub, site: Site) -> Router {
         .route("/", get(home).with_state(Arc::new(site.home_template)))
         .route("/ws", hub.endpoint());
     if let Some(dir) = site.static_dir {
-        router = router.nest_service("/static", ServeDir::new(dir));
+        router = router.nest_service("/static", static_files(dir));
     }
     if let Some(key) = site.api_key {
         let api = Api { hub, key };
@@ -65,6 +65,40 @@ pub fn router(hub: Hub, site: Site) -> Router {
         );
     }
     router.fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
+}
+
+/// `/static/…`: tower-http's `ServeDir` (content types, ranges, `..` refused), plus a
+/// check that the file really lies inside the directory, so a symlink cannot lead out.
+fn static_files(dir: PathBuf) -> axum::routing::MethodRouter {
+    let root = Arc::new(std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone()));
+    let serve = ServeDir::new(dir);
+    axum::routing::get_service(serve).layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let root = root.clone();
+            async move {
+                if escapes(&root, request.uri().path()).await {
+                    return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+                }
+                next.run(request).await
+            }
+        },
+    ))
+}
+
+/// True if `path` (as requested, percent-encoded) resolves to a file outside `root`.
+/// Paths that do not resolve are left to `ServeDir`, which answers 404.
+async fn escapes(root: &std::path::Path, path: &str) -> bool {
+    let Ok(decoded) = percent_encoding::percent_decode_str(path).decode_utf8() else {
+        return true;
+    };
+    let relative = decoded.trim_start_matches('/');
+    if relative.split(['/', '\\']).any(|part| part == "..") {
+        return true;
+    }
+    match tokio::fs::canonicalize(root.join(relative)).await {
+        Ok(real) => !real.starts_with(root),
+        Err(_) => false,
+    }
 }
 
 /// `GET /` (and HEAD): the template with the request's host filled in.
@@ -100,8 +134,8 @@ struct Api {
 /// `POST /api/broadcast`: the body goes to every connection, as text for `text/*` and
 /// JSON content types, as binary otherwise. Answers `{"recipients": N}`.
 async fn api_broadcast(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refusal) = authorize(&headers, &api.key) {
-        return refusal;
+    if let Err(why) = authorize(&headers, &api.key) {
+        return unauthorized(why);
     }
     let message = if is_textual(&headers) {
         match Message::text_from_bytes(body) {
@@ -120,17 +154,15 @@ async fn api_broadcast(State(api): State<Arc<Api>>, headers: HeaderMap, body: By
     axum::Json(serde_json::json!({ "recipients": recipients })).into_response()
 }
 
-fn authorize(headers: &HeaderMap, key: &str) -> Result<(), Response> {
+fn authorize(headers: &HeaderMap, key: &str) -> Result<(), &'static str> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(given) if constant_time_eq(given.as_bytes(), key.as_bytes()) => Ok(()),
-        Some(_) => Err(unauthorized("wrong API key")),
-        None => Err(unauthorized(
-            "missing `Authorization: Bearer <api key>` header",
-        )),
+        Some(_) => Err("wrong API key"),
+        None => Err("missing `Authorization: Bearer <api key>` header"),
     }
 }
 

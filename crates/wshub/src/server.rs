@@ -6,7 +6,6 @@
 //! outlive the HTTP connections that axum's drain tracks.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
@@ -54,7 +53,12 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper::service::service_fn(move_router(router.clone(), remote));
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+            // Recorded as axum's `ConnectInfo`, so handlers (and ConnInfo) see the peer.
+            request.extensions_mut().insert(ConnectInfo(remote));
+            router.clone().oneshot(request)
+        });
         let connection = http
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
@@ -84,20 +88,4 @@ pub async fn serve(
     drop(stop_rx);
     let _ = tokio::time::timeout(hub.config().drain_timeout, stop_http.closed()).await;
     Ok(())
-}
-
-/// Adapts the router to hyper, recording the peer address as axum's `ConnectInfo`.
-fn move_router(
-    router: Router,
-    remote: SocketAddr,
-) -> impl Fn(
-    http::Request<Incoming>,
-) -> std::pin::Pin<
-    Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
-> + Clone {
-    move |mut request: http::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(remote));
-        let router = router.clone();
-        Box::pin(async move { router.oneshot(request).await })
-    }
 }

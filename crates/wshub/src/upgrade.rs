@@ -5,6 +5,7 @@
 //! bad key (400), a foreign browser origin (403), a hub shutting down (503). Only then do
 //! we answer 101 and hand the upgraded socket to [`crate::connection::run`].
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -31,7 +32,7 @@ impl Hub {
 async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
     let key = match check(&request, hub.config()) {
         Ok(key) => key,
-        Err(refusal) => return refusal,
+        Err((status, message)) => return refuse(status, &message),
     };
     if hub.is_closing() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
@@ -94,15 +95,20 @@ fn websocket_config(config: &Config) -> WebSocketConfig {
         .max_frame_size(Some(config.max_message_size))
 }
 
+/// Why an upgrade is refused: the status and a one-line message.
+type Refusal = (StatusCode, std::borrow::Cow<'static, str>);
+
 /// Checks the upgrade request; returns the client's `Sec-WebSocket-Key`.
-fn check(request: &Request, config: &Config) -> Result<String, Response> {
+fn check(request: &Request, config: &Config) -> Result<String, Refusal> {
     let headers = request.headers();
     if !header_has_token(headers, header::CONNECTION, "upgrade")
         || !header_has_token(headers, header::UPGRADE, "websocket")
     {
-        return Err(refuse(
+        return Err((
             StatusCode::UPGRADE_REQUIRED,
-            "this is a WebSocket endpoint: send an upgrade request (Connection: Upgrade, Upgrade: websocket)",
+            Cow::Borrowed(
+                "this is a WebSocket endpoint: send an upgrade request (Connection: Upgrade, Upgrade: websocket)",
+            ),
         ));
     }
     match headers
@@ -112,15 +118,17 @@ fn check(request: &Request, config: &Config) -> Result<String, Response> {
         Some(b"13") => {}
         Some(other) => {
             let other = String::from_utf8_lossy(other);
-            return Err(refuse(
+            return Err((
                 StatusCode::UPGRADE_REQUIRED,
-                &format!("unsupported Sec-WebSocket-Version `{other}`: this server speaks 13"),
+                Cow::Owned(format!(
+                    "unsupported Sec-WebSocket-Version `{other}`: this server speaks 13"
+                )),
             ));
         }
         None => {
-            return Err(refuse(
+            return Err((
                 StatusCode::UPGRADE_REQUIRED,
-                "missing Sec-WebSocket-Version: this server speaks 13",
+                Cow::Borrowed("missing Sec-WebSocket-Version: this server speaks 13"),
             ));
         }
     }
@@ -128,19 +136,21 @@ fn check(request: &Request, config: &Config) -> Result<String, Response> {
         .get(header::SEC_WEBSOCKET_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|k| is_valid_key(k))
-        .ok_or_else(|| {
-            refuse(
-                StatusCode::BAD_REQUEST,
+        .ok_or((
+            StatusCode::BAD_REQUEST,
+            Cow::Borrowed(
                 "missing or malformed Sec-WebSocket-Key (must be 16 bytes, base64-encoded)",
-            )
-        })?;
+            ),
+        ))?;
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         let origin = origin.to_str().unwrap_or("");
         if !origin_allowed(origin, host, &config.allowed_origins) {
-            return Err(refuse(
+            return Err((
                 StatusCode::FORBIDDEN,
-                &format!("origin `{origin}` is not allowed (see allowed_origins)"),
+                Cow::Owned(format!(
+                    "origin `{origin}` is not allowed (see allowed_origins)"
+                )),
             ));
         }
     }

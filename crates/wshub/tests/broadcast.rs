@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -162,10 +162,12 @@ enum Event {
     Disconnect(u16),
 }
 
+type Events = mpsc::UnboundedReceiver<(wshub::ConnId, Event)>;
+
 #[derive(Clone)]
 struct Recorder {
     tx: mpsc::UnboundedSender<(wshub::ConnId, Event)>,
-    rx: Arc<Mutex<Option<mpsc::UnboundedReceiver<(wshub::ConnId, Event)>>>>,
+    rx: Arc<tokio::sync::Mutex<Events>>,
 }
 
 impl Default for Recorder {
@@ -173,20 +175,18 @@ impl Default for Recorder {
         let (tx, rx) = mpsc::unbounded_channel();
         Recorder {
             tx,
-            rx: Arc::new(Mutex::new(Some(rx))),
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
         }
     }
 }
 
 impl Recorder {
     async fn next(&self) -> (wshub::ConnId, Event) {
-        let mut rx = self.rx.lock().unwrap().take().unwrap();
-        let event = tokio::time::timeout(WAIT, rx.recv())
+        let mut rx = self.rx.lock().await;
+        tokio::time::timeout(WAIT, rx.recv())
             .await
             .expect("event in time")
-            .unwrap();
-        *self.rx.lock().unwrap() = Some(rx);
-        event
+            .unwrap()
     }
     async fn take(&self, n: usize) -> Vec<Event> {
         let mut out = Vec::new();
