@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the Autobahn|Testsuite fuzzing client against wshub in chat mode (with a single
+# client, chat is an echo server).
+#
+#   bash scripts/autobahn.sh [fast|full] [CASES]
+#
+# fast: groups 1-7 and 10 (every CI run); full: every group, incl. 9 (large and
+# many-frame messages) and 12-13 (compression: counted as passed while
+# permessage-deflate is not offered). max_message_size is raised to 16 MiB so the
+# large-message cases apply. Report: target/autobahn/<mode>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+MODE="${1:-fast}"
+CASES="${2:-*}"
+SHARED="${WSHUB_SHARED:-$(cd "$ROOT/.." && pwd)/shared}"
+VENV="${AUTOBAHN_VENV:-$ROOT/target/autobahn-venv}"
+REPORT="$ROOT/target/autobahn/$MODE"
+
+cargo build --release --locked -p wshub-server
+bash "$SHARED/tools/autobahn/install.sh" "$VENV"
+
+LOG="$ROOT/target/autobahn/wshub-$MODE.log"
+mkdir -p "$(dirname "$LOG")"
+target/release/wshub serve --bind 127.0.0.1:0 --max-message-size 16777216 \
+  --send-queue 4096 --write-wait 60s 2>"$LOG" &
+PID=$!
+trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true' EXIT
+ADDR=""
+for _ in $(seq 1 100); do
+  ADDR="$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$LOG" | head -n1)"
+  [ -n "$ADDR" ] && break
+  sleep 0.1
+done
+[ -n "$ADDR" ] || { echo "wshub did not start:"; cat "$LOG"; exit 1; }
+
+ARGS=(-o "$REPORT" -t 3000)
+[ "$MODE" = "fast" ] && ARGS+=(--fast)
+AUTOBAHN_VENV="$VENV" AUTOBAHN_AGENT=wshub bash "$SHARED/tools/autobahn/run.sh" "${ARGS[@]}" "ws://$ADDR/ws" "$CASES"

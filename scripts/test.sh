@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The one test command (README: `bash scripts/test.sh`): installs what it needs on a fresh
+# Debian machine, then runs every check. Steps print a banner; the first failure stops it.
+#
+#   bash scripts/test.sh             # lint, unit + integration tests, Autobahn --fast
+#   WSHUB_AUTOBAHN=full bash scripts/test.sh   # nightly: the whole Autobahn suite (adds group 9)
+#   WSHUB_AUTOBAHN=skip bash scripts/test.sh   # no Autobahn (quick local loop)
+#
+# Shared tools are found in ../shared beside the checkout (override: WSHUB_SHARED).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+SHARED="${WSHUB_SHARED:-$(cd "$ROOT/.." && pwd)/shared}"
+WORK="${WSHUB_WORK:-$ROOT/target/test-work}"
+mkdir -p "$WORK"
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "toolchain"
+cargo --version
+rustc --version
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test (unit, integration, doc)"
+cargo test --workspace --locked
+
+case "${WSHUB_AUTOBAHN:-fast}" in
+  skip) step "Autobahn skipped (WSHUB_AUTOBAHN=skip)" ;;
+  *) step "Autobahn|Testsuite (${WSHUB_AUTOBAHN:-fast})"
+     bash scripts/autobahn.sh "${WSHUB_AUTOBAHN:-fast}" ;;
+esac
+
+step "all checks passed"
