@@ -172,6 +172,18 @@ pub(crate) const KEYS: &[Key] = &[
         "An HTTP request or WebSocket handshake must arrive in full within this time.",
     ),
     key(
+        "max_connections",
+        Kind::Count,
+        "0",
+        "Open connections at most; over it, upgrades get 503. 0: no limit (the fd limit still applies).",
+    ),
+    key(
+        "max_connections_per_ip",
+        Kind::Count,
+        "0",
+        "Open connections per client IP at most; over it, 503. 0: no limit. Behind a proxy every client shares its IP.",
+    ),
+    key(
         "drain_timeout",
         Kind::Duration,
         "\"5s\"",
@@ -346,6 +358,8 @@ impl Settings {
             allowed_origins: self.list("allowed_origins"),
             drain_timeout: self.duration("drain_timeout"),
             handshake_timeout: self.duration("handshake_timeout"),
+            max_connections: self.count("max_connections"),
+            max_connections_per_ip: self.count("max_connections_per_ip"),
         }
     }
 }

@@ -30,6 +30,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// An HTTP request (including a WebSocket upgrade) must arrive in full within this time.
     pub handshake_timeout: Duration,
+    /// Open connections at most (0 = no limit); over it, upgrades get 503.
+    pub max_connections: usize,
+    /// Open connections per client IP address at most (0 = no limit); over it, 503.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Config {
@@ -45,6 +49,8 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             drain_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
+            max_connections: 0,
+            max_connections_per_ip: 0,
         }
     }
 }

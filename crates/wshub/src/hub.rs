@@ -10,6 +10,7 @@
 //! their own task does the I/O.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -87,6 +88,19 @@ struct Inner {
     emptied: Notify,
     /// Set by [`Hub::shutdown`]: new upgrades are refused with 503.
     closing: AtomicBool,
+    /// Open connections per client address; only kept when `max_connections_per_ip` is set.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Why a new connection is refused before its upgrade (the server answers 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// [`Hub::shutdown`] has begun.
+    ShuttingDown,
+    /// `max_connections` are open.
+    Full(usize),
+    /// `max_connections_per_ip` are open from this address.
+    FullForAddress(usize),
 }
 
 impl std::fmt::Debug for Hub {
@@ -113,6 +127,7 @@ impl Hub {
                 live: AtomicUsize::new(0),
                 emptied: Notify::new(),
                 closing: AtomicBool::new(false),
+                per_ip: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -168,7 +183,7 @@ impl Hub {
             .is_some_and(|outbox| outbox.close(CloseReason::new(code, reason)))
     }
 
-    /// Connections currently open (upgraded and not yet finished).
+    /// Connections currently open: admitted (upgrading or upgraded) and not yet finished.
     pub fn connection_count(&self) -> usize {
         self.inner.live.load(Ordering::Acquire)
     }
@@ -211,11 +226,39 @@ impl Hub {
         &self.inner.shards[(id.0 % SHARDS as u64) as usize]
     }
 
-    /// Adds a new connection; it stays counted until the returned guard is dropped.
-    pub(crate) fn register(&self) -> Registration {
+    /// Reserves a place for a new connection from `ip`, or says why there is none. The
+    /// place is counted from now (so concurrent upgrades cannot overshoot the limits)
+    /// until the returned admission, or the registration made from it, is dropped.
+    pub(crate) fn admit(&self, ip: Option<IpAddr>) -> Result<Admission, Refusal> {
+        if self.is_closing() {
+            return Err(Refusal::ShuttingDown);
+        }
+        let config = &self.inner.config;
+        let live = self.inner.live.fetch_add(1, Ordering::AcqRel) + 1;
+        // From here on, the admission's Drop gives the place back on every path.
+        let mut admission = Admission {
+            hub: self.clone(),
+            ip: None,
+        };
+        if config.max_connections > 0 && live > config.max_connections {
+            return Err(Refusal::Full(config.max_connections));
+        }
+        if let (Some(ip), limit @ 1..) = (ip, config.max_connections_per_ip) {
+            let mut per_ip = self.inner.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count >= limit {
+                return Err(Refusal::FullForAddress(limit));
+            }
+            *count += 1;
+            admission.ip = Some(ip);
+        }
+        Ok(admission)
+    }
+
+    /// Adds an admitted connection to the registry.
+    pub(crate) fn register(&self, admission: Admission) -> Registration {
         let id = ConnId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let outbox = Arc::new(Outbox::new(self.inner.config.send_queue));
-        self.inner.live.fetch_add(1, Ordering::AcqRel);
         lock(self.shard(id)).insert(id, outbox.clone());
         if self.is_closing() {
             // Shutdown began between the upgrade check and now: close this one as well.
@@ -225,6 +268,7 @@ impl Hub {
             hub: self.clone(),
             id,
             outbox,
+            _admission: admission,
         }
     }
 }
@@ -241,12 +285,39 @@ fn evict(id: ConnId, outbox: &Outbox) {
     }
 }
 
-/// A connection's place in the hub. `leave()` stops deliveries; dropping it ends the
-/// connection's count, so [`Hub::shutdown`] waits for the task itself to finish.
+/// A connection's reserved place (see [`Hub::admit`]); dropping it frees the place.
+pub(crate) struct Admission {
+    hub: Hub,
+    /// Set when counted in `per_ip`.
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let inner = &self.hub.inner;
+        if let Some(ip) = self.ip {
+            let mut per_ip = inner.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+        if inner.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            inner.emptied.notify_waiters();
+        }
+    }
+}
+
+/// A connection's place in the hub. `leave()` stops deliveries; dropping it (and with it
+/// the admission) ends the connection's count, so [`Hub::shutdown`] waits for the task
+/// itself to finish.
 pub(crate) struct Registration {
     hub: Hub,
     pub(crate) id: ConnId,
     pub(crate) outbox: Arc<Outbox>,
+    _admission: Admission,
 }
 
 impl Registration {
@@ -259,8 +330,5 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.leave();
-        if self.hub.inner.live.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.hub.inner.emptied.notify_waiters();
-        }
     }
 }

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::config::Config;
 use crate::connection;
-use crate::hub::Hub;
+use crate::hub::{Hub, Refusal};
 
 impl Hub {
     /// The WebSocket endpoint as an axum route, to mount at any path of any router:
@@ -52,6 +52,24 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr);
+    let admission = match hub.admit(remote_addr.map(|addr| addr.ip())) {
+        Ok(admission) => admission,
+        Err(Refusal::ShuttingDown) => {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+        }
+        Err(Refusal::Full(limit)) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("server full: {limit} connections open (max_connections)"),
+            );
+        }
+        Err(Refusal::FullForAddress(limit)) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("too many connections from your address: {limit} open (max_connections_per_ip)"),
+            );
+        }
+    };
     let (parts, _body) = request.into_parts();
     let request = connection::Request {
         remote_addr,
@@ -68,7 +86,7 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
                     Some(ws_config),
                 )
                 .await;
-                connection::run(ws, hub, request).await;
+                connection::run(ws, hub, admission, request).await;
             }
             Err(error) => tracing::debug!(%error, "upgrade failed"),
         }
@@ -95,11 +113,11 @@ fn websocket_config(config: &Config) -> WebSocketConfig {
         .max_frame_size(Some(config.max_message_size))
 }
 
-/// Why an upgrade is refused: the status and a one-line message.
-type Refusal = (StatusCode, std::borrow::Cow<'static, str>);
+/// Why an upgrade request is rejected: the status and a one-line message.
+type Rejection = (StatusCode, std::borrow::Cow<'static, str>);
 
 /// Checks the upgrade request; returns the client's `Sec-WebSocket-Key`.
-fn check(request: &Request, config: &Config) -> Result<String, Refusal> {
+fn check(request: &Request, config: &Config) -> Result<String, Rejection> {
     let headers = request.headers();
     if !header_has_token(headers, header::CONNECTION, "upgrade")
         || !header_has_token(headers, header::UPGRADE, "websocket")

@@ -198,6 +198,11 @@ impl RawClient {
         }
     }
 
+    /// The socket itself (after the handshake).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// Sends one masked frame.
     pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
         self.stream
