@@ -7,150 +7,15 @@
     clippy::type_complexity
 )]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use common::*;
+use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message as Frame;
-
-const WAIT: Duration = Duration::from_secs(15);
-
-fn wshub() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wshub"));
-    // Tests must not pick up a developer's own WSHUB_* settings.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("WSHUB_") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
-
-/// A running `wshub serve`; killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Server {
-    fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut command = wshub();
-        command
-            .arg("serve")
-            .args(["--bind", "127.0.0.1:0"])
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("spawn wshub");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let addr = loop {
-            let line = rx.recv_timeout(WAIT).expect("wshub printed its address");
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"')
-                    .collect();
-                break addr.parse().expect("an address");
-            }
-        };
-        Server {
-            child,
-            addr,
-            stderr: rx,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "wshub did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn connect(
-    url: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-        .await
-        .unwrap()
-        .unwrap()
-        .0
-}
-
-async fn next_data(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Frame {
-    loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if !matches!(frame, Frame::Ping(_) | Frame::Pong(_)) {
-            return frame;
-        }
-    }
-}
-
-/// Runs `wshub` to completion; returns (exit code, stdout, stderr).
-fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
-    let out = wshub()
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("wshub-cli-{}-{name}", std::process::id()));
-    std::fs::write(&path, contents).unwrap();
-    path
-}
 
 #[test]
 fn config_prints_every_key_with_a_comment_and_defaults() {

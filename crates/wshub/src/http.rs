@@ -47,7 +47,7 @@ impl Default for Site {
 }
 
 /// The whole HTTP surface for `hub`: `/`, `/static/`, `/ws` and, with an API key,
-/// `POST /api/broadcast`.
+/// `POST /api/broadcast` and `GET /api/stats`.
 pub fn router(hub: Hub, site: Site) -> Router {
     let mut router = Router::new()
         .route("/", get(home).with_state(Arc::new(site.home_template)))
@@ -56,13 +56,15 @@ pub fn router(hub: Hub, site: Site) -> Router {
         router = router.nest_service("/static", static_files(dir));
     }
     if let Some(key) = site.api_key {
-        let api = Api { hub, key };
-        router = router.route(
-            "/api/broadcast",
-            post(api_broadcast)
-                .with_state(Arc::new(api))
-                .layer(DefaultBodyLimit::max(site.api_max_body_size)),
-        );
+        let api = Arc::new(Api { hub, key });
+        router = router
+            .route(
+                "/api/broadcast",
+                post(api_broadcast)
+                    .with_state(api.clone())
+                    .layer(DefaultBodyLimit::max(site.api_max_body_size)),
+            )
+            .route("/api/stats", get(api_stats).with_state(api));
     }
     router.fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
 }
@@ -152,6 +154,22 @@ async fn api_broadcast(State(api): State<Arc<Api>>, headers: HeaderMap, body: By
     };
     let recipients = api.hub.broadcast(message);
     axum::Json(serde_json::json!({ "recipients": recipients })).into_response()
+}
+
+/// `GET /api/stats`: `{"connections": N, "tasks": M}`, for monitoring and for tests that
+/// check nothing is left behind (tasks are the runtime's live tasks).
+async fn api_stats(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Err(why) = authorize(&headers, &api.key) {
+        return unauthorized(why);
+    }
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    axum::Json(serde_json::json!({
+        "connections": api.hub.connection_count(),
+        "tasks": tasks,
+    }))
+    .into_response()
 }
 
 fn authorize(headers: &HeaderMap, key: &str) -> Result<(), &'static str> {

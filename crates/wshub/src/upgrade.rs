@@ -66,7 +66,9 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
         Err(Refusal::FullForAddress(limit)) => {
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &format!("too many connections from your address: {limit} open (max_connections_per_ip)"),
+                &format!(
+                    "too many connections from your address: {limit} open (max_connections_per_ip)"
+                ),
             );
         }
     };

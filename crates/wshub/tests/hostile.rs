@@ -23,7 +23,11 @@ async fn still_serving(server: &TestServer) {
 #[tokio::test]
 async fn garbage_and_oversized_http_get_400_and_431() {
     let server = start(Config::default(), Broadcast).await;
-    let garbage = raw_http(server.addr, "\x16\x03\x01\x00\x7fgarbage that is not http\r\n\r\n").await;
+    let garbage = raw_http(
+        server.addr,
+        "\x16\x03\x01\x00\x7fgarbage that is not http\r\n\r\n",
+    )
+    .await;
     assert_eq!(status(&garbage), 400, "{garbage:?}");
 
     let huge = format!(
@@ -35,10 +39,16 @@ async fn garbage_and_oversized_http_get_400_and_431() {
 
     // A request cut off mid-way: the server just closes that socket.
     let mut truncated = TcpStream::connect(server.addr).await.unwrap();
-    truncated.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgr").await.unwrap();
+    truncated
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgr")
+        .await
+        .unwrap();
     truncated.shutdown().await.unwrap();
     let mut rest = Vec::new();
-    tokio::time::timeout(WAIT, truncated.read_to_end(&mut rest)).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, truncated.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
 
     still_serving(&server).await;
     server.shutdown().await;
@@ -67,12 +77,18 @@ async fn slow_handshakes_are_dropped_after_handshake_timeout() {
         None
     });
     let mut buf = [0u8; 256];
-    let n = tokio::time::timeout(WAIT, silent.read(&mut buf)).await.expect("silent socket closed").unwrap_or(0);
+    let n = tokio::time::timeout(WAIT, silent.read(&mut buf))
+        .await
+        .expect("silent socket closed")
+        .unwrap_or(0);
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
     let cut_after = tokio::time::timeout(WAIT, trickler).await.unwrap().unwrap();
     let cut_after = cut_after.expect("the trickling client was cut off");
-    assert!(cut_after < Duration::from_secs(3), "cut after {cut_after:?}");
+    assert!(
+        cut_after < Duration::from_secs(3),
+        "cut after {cut_after:?}"
+    );
     still_serving(&server).await;
     server.shutdown().await;
 }
@@ -89,7 +105,10 @@ async fn protocol_violations_close_with_1002() {
             f
         }),
         ("reserved opcode", encode_frame(true, 3, b"hi")),
-        ("control frame over 125 bytes", encode_frame(true, 9, &[0u8; 126])),
+        (
+            "control frame over 125 bytes",
+            encode_frame(true, 9, &[0u8; 126]),
+        ),
         ("fragmented control frame", encode_frame(false, 9, b"ping")),
         ("continuation without a start", encode_frame(true, 0, b"hi")),
         ("new message inside a fragmented one", {
@@ -140,7 +159,9 @@ async fn a_ping_flood_does_not_starve_others() {
     let pongs = tokio::spawn(async move {
         let mut bytes = 0usize;
         let mut buf = vec![0u8; 64 * 1024];
-        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), read.read(&mut buf)).await {
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_secs(2), read.read(&mut buf)).await
+        {
             if n == 0 {
                 break;
             }
@@ -150,7 +171,12 @@ async fn a_ping_flood_does_not_starve_others() {
     });
     let flood = tokio::spawn(async move {
         let ping = encode_frame(true, 9, b"flood");
-        let batch: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 100).collect();
+        let batch: Vec<u8> = ping
+            .iter()
+            .copied()
+            .cycle()
+            .take(ping.len() * 100)
+            .collect();
         for _ in 0..100 {
             if write.write_all(&batch).await.is_err() {
                 break;
@@ -178,7 +204,9 @@ async fn max_connections_is_enforced_with_503() {
     let server = start(config, Broadcast).await;
     let mut first = connect(&server).await;
     let _second = connect(&server).await;
-    let refused = tokio_tungstenite::connect_async(server.url()).await.unwrap_err();
+    let refused = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap_err();
     assert!(refused.to_string().contains("503"), "{refused}");
     let response = get(
         server.addr,
