@@ -35,4 +35,7 @@ case "${WSHUB_AUTOBAHN:-full}" in
      bash scripts/autobahn.sh "${WSHUB_AUTOBAHN:-full}" ;;
 esac
 
+step "fuzzing (${WSHUB_FUZZ_SECONDS:-60}s per target)"
+bash scripts/fuzz.sh "${WSHUB_FUZZ_SECONDS:-60}"
+
 step "all checks passed"

@@ -2,8 +2,7 @@
 //! env > file > defaults), starts logging, binds, and runs `wshub::serve` until SIGINT or
 //! SIGTERM. All hub behaviour lives in the `wshub` library; this file only wires it up.
 
-mod settings;
-mod sinks;
+use wshub_server::{settings, sinks};
 
 /// jemalloc rather than glibc malloc: it hands freed pages back to the OS, so after 10k
 /// connections close RSS falls back near its baseline instead of staying at the peak

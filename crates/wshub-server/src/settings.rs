@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// How a key's value is written and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// Free text (may be empty).
     Text,
     /// A whole number ≥ 0.
@@ -24,7 +24,7 @@ pub(crate) enum Kind {
 
 /// One configuration key.
 #[derive(Debug)]
-pub(crate) struct Key {
+pub struct Key {
     /// The TOML key; the flag is `--` + name with `-` for `_`, the env var `WSHUB_` + NAME.
     pub name: &'static str,
     /// How the value is written.
@@ -37,11 +37,11 @@ pub(crate) struct Key {
 
 impl Key {
     /// The command-line flag, without the leading `--`.
-    pub(crate) fn flag(&self) -> String {
+    pub fn flag(&self) -> String {
         self.name.replace('_', "-")
     }
     /// The environment variable.
-    pub(crate) fn env(&self) -> String {
+    pub fn env(&self) -> String {
         format!("WSHUB_{}", self.name.to_ascii_uppercase())
     }
 }
@@ -56,7 +56,7 @@ const fn key(name: &'static str, kind: Kind, default: &'static str, doc: &'stati
 }
 
 /// Every key, in the order `wshub config` prints them.
-pub(crate) const KEYS: &[Key] = &[
+pub const KEYS: &[Key] = &[
     key(
         "bind",
         Kind::Text,
@@ -199,7 +199,7 @@ pub(crate) const KEYS: &[Key] = &[
 
 /// A checked value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Value {
+pub enum Value {
     /// Text or a choice.
     Text(String),
     /// A count.
@@ -212,7 +212,7 @@ pub(crate) enum Value {
 
 /// A refused setting: which key, from where, and why. Printed as one line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SettingError(pub(crate) String);
+pub struct SettingError(pub String);
 
 impl std::fmt::Display for SettingError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -224,11 +224,11 @@ impl std::error::Error for SettingError {}
 
 /// The merged settings, every key present.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Settings(BTreeMap<&'static str, Value>);
+pub struct Settings(BTreeMap<&'static str, Value>);
 
 impl Settings {
     /// The defaults.
-    pub(crate) fn defaults() -> Settings {
+    pub fn defaults() -> Settings {
         let mut map = BTreeMap::new();
         for key in KEYS {
             // The default literals are ours and parse by construction (a unit test checks).
@@ -240,7 +240,7 @@ impl Settings {
     }
 
     /// Overlays a TOML document (a config file).
-    pub(crate) fn apply_toml(&mut self, text: &str, origin: &str) -> Result<(), SettingError> {
+    pub fn apply_toml(&mut self, text: &str, origin: &str) -> Result<(), SettingError> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             SettingError(format!("{origin}: not valid TOML: {}", e.message()))
         })?;
@@ -258,7 +258,7 @@ impl Settings {
     }
 
     /// Overlays `WSHUB_<KEY>` variables found by `lookup`.
-    pub(crate) fn apply_env(
+    pub fn apply_env(
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(), SettingError> {
@@ -272,7 +272,7 @@ impl Settings {
     }
 
     /// Sets one key from text as written on a command line or in the environment.
-    pub(crate) fn set_text(
+    pub fn set_text(
         &mut self,
         key: &'static Key,
         raw: &str,
@@ -285,7 +285,7 @@ impl Settings {
     }
 
     /// A text or choice value (empty if unset).
-    pub(crate) fn text(&self, name: &str) -> &str {
+    pub fn text(&self, name: &str) -> &str {
         match self.0.get(name) {
             Some(Value::Text(s)) => s,
             _ => "",
@@ -293,17 +293,17 @@ impl Settings {
     }
 
     /// A text value, `None` when empty.
-    pub(crate) fn optional(&self, name: &str) -> Option<&str> {
+    pub fn optional(&self, name: &str) -> Option<&str> {
         Some(self.text(name)).filter(|s| !s.is_empty())
     }
 
     /// A path value, `None` when empty.
-    pub(crate) fn path(&self, name: &str) -> Option<PathBuf> {
+    pub fn path(&self, name: &str) -> Option<PathBuf> {
         self.optional(name).map(PathBuf::from)
     }
 
     /// A count value.
-    pub(crate) fn count(&self, name: &str) -> usize {
+    pub fn count(&self, name: &str) -> usize {
         match self.0.get(name) {
             Some(Value::Count(n)) => usize::try_from(*n).unwrap_or(usize::MAX),
             _ => 0,
@@ -311,7 +311,7 @@ impl Settings {
     }
 
     /// A duration value.
-    pub(crate) fn duration(&self, name: &str) -> Duration {
+    pub fn duration(&self, name: &str) -> Duration {
         match self.0.get(name) {
             Some(Value::Duration(d)) => *d,
             _ => Duration::ZERO,
@@ -319,7 +319,7 @@ impl Settings {
     }
 
     /// A list value.
-    pub(crate) fn list(&self, name: &str) -> Vec<String> {
+    pub fn list(&self, name: &str) -> Vec<String> {
         match self.0.get(name) {
             Some(Value::List(l)) => l.clone(),
             _ => Vec::new(),
@@ -327,7 +327,7 @@ impl Settings {
     }
 
     /// The effective settings as a TOML file (`wshub check`).
-    pub(crate) fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let mut out = String::new();
         for key in KEYS {
             let literal = match self.0.get(key.name) {
@@ -346,7 +346,7 @@ impl Settings {
     }
 
     /// The hub's part of the settings.
-    pub(crate) fn hub_config(&self) -> wshub::Config {
+    pub fn hub_config(&self) -> wshub::Config {
         wshub::Config {
             max_message_size: self.count("max_message_size"),
             pong_wait: self.duration("pong_wait"),
@@ -365,12 +365,12 @@ impl Settings {
 }
 
 /// The key called `name`.
-pub(crate) fn find(name: &str) -> Option<&'static Key> {
+pub fn find(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
 }
 
 /// The full default config file with a comment per key (`wshub config`).
-pub(crate) fn default_file() -> String {
+pub fn default_file() -> String {
     let mut out = String::from(
         "# wshub configuration. Every key can also be set as WSHUB_<KEY> in the environment\n\
          # or as --<key> on the command line (with - for _); flags > env > file > defaults.\n\
@@ -444,7 +444,7 @@ fn from_text(key: &Key, raw: &str) -> Result<Value, String> {
 
 /// `60s`, `300ms`, `1m`, `1h 30m`: a number with a unit (a bare number is refused, so a
 /// forgotten unit cannot turn seconds into milliseconds).
-pub(crate) fn parse_duration(raw: &str) -> Result<Duration, String> {
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     if raw.chars().all(|c| c.is_ascii_digit()) && !raw.is_empty() {
         return Err(format!(
             "`{raw}` has no unit: write e.g. `{raw}s` or `{raw}ms`"

@@ -20,7 +20,7 @@ use wshub::{ConnInfo, Handler, Hub, Message};
 
 /// The JSON event for one inbound message:
 /// `{"connection": 7, "type": "text", "data": "hi"}`; binary data is base64.
-pub(crate) fn event_json(conn: &ConnInfo, message: &Message) -> String {
+pub fn event_json(conn: &ConnInfo, message: &Message) -> String {
     let (kind, data) = match message.as_text() {
         Some(text) => ("text", text.to_owned()),
         None => (
@@ -54,13 +54,13 @@ impl Queue {
 
 /// `--on-message webhook`.
 #[derive(Debug, Clone)]
-pub(crate) struct Webhook {
+pub struct Webhook {
     queue: Arc<Queue>,
 }
 
 /// Webhook delivery settings.
 #[derive(Debug, Clone)]
-pub(crate) struct WebhookConfig {
+pub struct WebhookConfig {
     /// Where to POST.
     pub url: String,
     /// Timeout of one request.
@@ -73,7 +73,7 @@ pub(crate) struct WebhookConfig {
 
 impl Webhook {
     /// Starts the delivery worker.
-    pub(crate) fn start(config: WebhookConfig) -> anyhow::Result<Webhook> {
+    pub fn start(config: WebhookConfig) -> anyhow::Result<Webhook> {
         let client = reqwest::Client::builder().timeout(config.timeout).build()?;
         let (tx, mut rx) = mpsc::channel::<String>(config.queue.max(1));
         tokio::spawn(async move {
@@ -123,7 +123,7 @@ impl Handler for Webhook {
 
 /// `--on-message stdio`.
 #[derive(Debug, Clone)]
-pub(crate) struct Stdio {
+pub struct Stdio {
     queue: Arc<Queue>,
 }
 
@@ -132,7 +132,7 @@ const STDOUT_QUEUE: usize = 4096;
 
 impl Stdio {
     /// Starts the stdout writer; call [`Stdio::read_stdin`] once the hub exists.
-    pub(crate) fn start() -> Stdio {
+    pub fn start() -> Stdio {
         let (tx, mut rx) = mpsc::channel::<String>(STDOUT_QUEUE);
         tokio::spawn(async move {
             let mut stdout = tokio::io::stdout();
@@ -155,7 +155,7 @@ impl Stdio {
     }
 
     /// Broadcasts every line of stdin as a text message, until stdin ends.
-    pub(crate) fn read_stdin(hub: Hub) {
+    pub fn read_stdin(hub: Hub) {
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
             loop {

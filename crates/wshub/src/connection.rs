@@ -16,7 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, error::ProtocolError};
 
 use crate::handler::ConnInfo;
-use crate::hub::{Admission, Hub, Registration};
+use crate::hub::{Hub, Registration};
 use crate::message::{CloseReason, Message};
 use crate::outbox::Drained;
 
@@ -42,12 +42,11 @@ pub(crate) struct Request {
 pub(crate) async fn run<S>(
     mut ws: WebSocketStream<S>,
     hub: Hub,
-    admission: Admission,
+    registration: Registration,
     request: Request,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let registration = hub.register(admission);
     let info = ConnInfo {
         id: registration.id,
         remote_addr: request.remote_addr,

@@ -69,8 +69,9 @@ pub fn router(hub: Hub, site: Site) -> Router {
     router.fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
 }
 
-/// `/static/…`: tower-http's `ServeDir` (content types, ranges, `..` refused), plus a
-/// check that the file really lies inside the directory, so a symlink cannot lead out.
+/// `/static/…`: tower-http's `ServeDir` (content types, ranges, `..` refused), behind a
+/// check that the file really lies inside the directory, so a symlink cannot lead out
+/// and a path the file system rejects is a 404, not a 500.
 fn static_files(dir: PathBuf) -> axum::routing::MethodRouter {
     let root = Arc::new(std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone()));
     let serve = ServeDir::new(dir);
@@ -87,8 +88,9 @@ fn static_files(dir: PathBuf) -> axum::routing::MethodRouter {
     ))
 }
 
-/// True if `path` (as requested, percent-encoded) resolves to a file outside `root`.
-/// Paths that do not resolve are left to `ServeDir`, which answers 404.
+/// True unless `path` (as requested, percent-encoded) resolves to something inside
+/// `root`. A path that does not resolve at all (missing, name too long, not a directory)
+/// is answered 404 here too, rather than as whatever error the file system gives.
 async fn escapes(root: &std::path::Path, path: &str) -> bool {
     let Ok(decoded) = percent_encoding::percent_decode_str(path).decode_utf8() else {
         return true;
@@ -99,7 +101,7 @@ async fn escapes(root: &std::path::Path, path: &str) -> bool {
     }
     match tokio::fs::canonicalize(root.join(relative)).await {
         Ok(real) => !real.starts_with(root),
-        Err(_) => false,
+        Err(_) => true,
     }
 }
 

@@ -42,6 +42,10 @@ mod outbox;
 mod server;
 mod upgrade;
 
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use config::{Config, ConfigError, format_duration};
 pub use handler::{Broadcast, ConnInfo, Handler};
 pub use http::{DEFAULT_HOME_TEMPLATE, Site, router};

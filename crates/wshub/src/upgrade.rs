@@ -72,6 +72,9 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
             );
         }
     };
+    // Registered before the 101 goes out: a client that has seen the 101 receives every
+    // broadcast from then on (queued until its socket is ready).
+    let registration = hub.register(admission);
     let (parts, _body) = request.into_parts();
     let request = connection::Request {
         remote_addr,
@@ -88,7 +91,7 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
                     Some(ws_config),
                 )
                 .await;
-                connection::run(ws, hub, admission, request).await;
+                connection::run(ws, hub, registration, request).await;
             }
             Err(error) => tracing::debug!(%error, "upgrade failed"),
         }

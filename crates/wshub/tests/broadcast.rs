@@ -24,6 +24,19 @@ async fn a_message_reaches_all_three_clients_sender_included() {
     server.shutdown().await;
 }
 
+/// Once a client has its 101, it is registered: a broadcast sent at that very moment
+/// reaches it (queued until its socket is ready).
+#[tokio::test]
+async fn a_broadcast_right_after_the_handshake_is_not_missed() {
+    let server = start(Config::default(), Broadcast).await;
+    for i in 0..20 {
+        let mut ws = connect(&server).await;
+        assert!(server.hub.broadcast(format!("welcome {i}")) >= 1);
+        assert_eq!(recv(&mut ws).await, Frame::text(format!("welcome {i}")));
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn binary_stays_binary_and_text_stays_text() {
     let server = start(Config::default(), Broadcast).await;

@@ -139,6 +139,9 @@ async fn static_files_have_content_types_and_no_traversal() {
             "{attempt}: {response}"
         );
     }
+    // A name the file system refuses (longer than 255 bytes): 404, not 500.
+    let long = format!("/static/{}", "a".repeat(300));
+    assert_eq!(status(&get(server.addr, &long, "").await), 404);
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(base);
 }

@@ -1,0 +1,47 @@
+//! Entry points for the fuzz targets in `fuzz/` (compiled only with `--cfg fuzzing`):
+//! they reach a connection's read/write loop without a socket or an HTTP handshake.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::{Broadcast, Config, Hub, connection};
+
+/// Runs one chat connection whose client sends `client_bytes` (frames, as after the
+/// handshake) and then closes its side; returns once the connection has ended.
+/// Run it on a runtime with paused time: every timeout then passes instantly.
+pub async fn connection(client_bytes: Vec<u8>) {
+    let config = Config {
+        max_message_size: 1024,
+        ..Config::default()
+    };
+    let Ok(hub) = Hub::new(config, Broadcast) else {
+        return;
+    };
+    let Ok(admission) = hub.admit(None) else {
+        return;
+    };
+    let (mut client, server) = tokio::io::duplex(16 * 1024);
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(1024))
+        .max_frame_size(Some(1024));
+    let ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(ws_config)).await;
+    let peer = tokio::spawn(async move {
+        let (mut read, mut write) = tokio::io::split(&mut client);
+        let writing = async {
+            let _ = write.write_all(&client_bytes).await;
+            let _ = write.shutdown().await;
+        };
+        let mut sink = Vec::new();
+        let reading = read.read_to_end(&mut sink);
+        let _ = tokio::join!(writing, reading);
+    });
+    let request = connection::Request {
+        remote_addr: None,
+        uri: http::Uri::from_static("/ws"),
+        headers: http::HeaderMap::new(),
+    };
+    connection::run(ws, hub.clone(), hub.register(admission), request).await;
+    let _ = peer.await;
+    assert_eq!(hub.connection_count(), 0, "the connection is forgotten");
+}
