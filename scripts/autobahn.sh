@@ -18,7 +18,14 @@ VENV="${AUTOBAHN_VENV:-$ROOT/target/autobahn-venv}"
 REPORT="$ROOT/target/autobahn/$MODE"
 
 cargo build --release --locked -p wshub-server
-bash "$SHARED/tools/autobahn/install.sh" "$VENV"
+# PIP_NO_COMPILE: pip's own .pyc files of the Python 2 sources can survive the 2to3
+# rewrite when both happen within the same second, and then shadow it ("No module
+# named 'case'"); install.sh compiles the ported sources itself. If an install still
+# fails, clear the bytecode and try once more.
+if ! PIP_NO_COMPILE=1 bash "$SHARED/tools/autobahn/install.sh" "$VENV"; then
+  find "$VENV" -name __pycache__ -type d -prune -exec rm -rf {} +
+  PIP_NO_COMPILE=1 bash "$SHARED/tools/autobahn/install.sh" "$VENV"
+fi
 
 LOG="$ROOT/target/autobahn/wshub-$MODE.log"
 mkdir -p "$(dirname "$LOG")"
