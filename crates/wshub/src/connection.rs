@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, error::ProtocolError};
 
@@ -78,18 +78,18 @@ where
     let config = hub.config();
     let outbox = &registration.outbox;
     let mut spare = VecDeque::new();
-    let mut ping =
-        tokio::time::interval_at(Instant::now() + config.ping_period, config.ping_period);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // Any frame from the peer proves it alive. Rather than re-arm a timer per frame, note
-    // the time and re-arm only when the deadline passes.
+    // One timer serves both keepalive duties: the next ping and the pong deadline. Any
+    // frame from the peer proves it alive; rather than re-arm the timer per frame, we note
+    // the time and look at it when the timer fires.
     let mut last_seen = Instant::now();
-    let pong_deadline = tokio::time::sleep(config.pong_wait);
-    tokio::pin!(pong_deadline);
+    let mut next_ping = last_seen + config.ping_period;
+    let keepalive = tokio::time::sleep_until(next_ping.min(last_seen + config.pong_wait));
+    tokio::pin!(keepalive);
 
     loop {
+        // Unbiased: under a steady stream of broadcasts the outbox is always ready, and a
+        // fixed order would never get to read the peer's pongs.
         tokio::select! {
-            biased;
             () = outbox.ready() => {
                 let Drained { mut messages, close } = outbox.drain(std::mem::take(&mut spare));
                 if !messages.is_empty() {
@@ -130,17 +130,19 @@ where
                     None => return End::Gone(CloseReason::ABNORMAL),
                 }
             }
-            _ = ping.tick() => {
-                if let Err(end) = write_all(ws, std::iter::once(tungstenite::Message::Ping(Default::default())), config.write_wait).await {
-                    return end;
-                }
-            }
-            () = &mut pong_deadline => {
-                let deadline = last_seen + config.pong_wait;
-                if Instant::now() >= deadline {
+            () = &mut keepalive => {
+                let now = Instant::now();
+                if now >= last_seen + config.pong_wait {
                     return End::Close(CloseReason::PONG_TIMEOUT);
                 }
-                pong_deadline.as_mut().reset(deadline);
+                if now >= next_ping {
+                    let ping = tungstenite::Message::Ping(Default::default());
+                    if let Err(end) = write_all(ws, std::iter::once(ping), config.write_wait).await {
+                        return end;
+                    }
+                    next_ping = now + config.ping_period;
+                }
+                keepalive.as_mut().reset(next_ping.min(last_seen + config.pong_wait));
             }
         }
     }
