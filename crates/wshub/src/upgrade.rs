@@ -91,7 +91,9 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
                     Some(ws_config),
                 )
                 .await;
-                connection::run(ws, hub, registration, request).await;
+                // A task of its own: this one (and its copy of the request) ends here,
+                // and the connection's task holds only what the connection needs.
+                tokio::spawn(connection::run(ws, hub, registration, request));
             }
             Err(error) => tracing::debug!(%error, "upgrade failed"),
         }
