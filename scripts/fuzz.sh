@@ -25,7 +25,7 @@ for target in config_toml http_request websocket_frames; do
   cargo fuzz run "$target" -s none "$corpus" "fuzz/seeds/$target" -- \
     -max_total_time="$SECONDS_PER" -print_final_stats=1 2>&1 | grep -E '^(#[0-9]+ *DONE|Done|stat::number_of_executed_units|==[0-9]+==|SUMMARY|thread .* panicked|artifact_prefix|Test unit written)' || true
   # grep swallows the exit code; a crash leaves an artifact behind.
-  if ls fuzz/artifacts/"$target"/crash-* fuzz/artifacts/"$target"/timeout-* fuzz/artifacts/"$target"/oom-* >/dev/null 2>&1; then
+  if [ -n "$(find fuzz/artifacts/"$target" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' \) 2>/dev/null)" ]; then
     echo "fuzz $target: FAILED, see fuzz/artifacts/$target/"
     exit 1
   fi

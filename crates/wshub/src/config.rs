@@ -121,13 +121,14 @@ impl Config {
     }
 }
 
-/// Formats a duration the way config files write it: `60s`, `300ms`.
+/// Formats a duration the way config files write it, exactly: `60s`, `300ms`, `250us`.
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
+    let nanos = d.as_nanos();
+    match nanos {
+        n if n % 1_000_000_000 == 0 => format!("{}s", n / 1_000_000_000),
+        n if n % 1_000_000 == 0 => format!("{}ms", n / 1_000_000),
+        n if n % 1_000 == 0 => format!("{}us", n / 1_000),
+        n => format!("{n}ns"),
     }
 }
 
@@ -158,5 +159,7 @@ mod tests {
     fn durations_format_as_written() {
         assert_eq!(format_duration(Duration::from_secs(60)), "60s");
         assert_eq!(format_duration(Duration::from_millis(300)), "300ms");
+        assert_eq!(format_duration(Duration::from_micros(1500)), "1500us");
+        assert_eq!(format_duration(Duration::from_nanos(711)), "711ns");
     }
 }
