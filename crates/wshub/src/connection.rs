@@ -10,7 +10,9 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::io::IoSlice;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, error::ProtocolError};
@@ -57,7 +59,7 @@ pub(crate) async fn run<S>(
     hub.handler().on_connect(&hub, &info).await;
 
     let end = pump(&mut ws, &hub, &info, &registration).await;
-    let reason = finish(&mut ws, end, hub.config().write_wait).await;
+    let reason = finish(&mut ws, end, &registration, hub.config().write_wait).await;
 
     registration.leave();
     tracing::debug!(conn_id = %info.id, code = reason.code, reason = %reason.reason, "disconnected");
@@ -93,8 +95,7 @@ where
             () = outbox.ready() => {
                 let Drained { mut messages, close } = outbox.drain(std::mem::take(&mut spare));
                 if !messages.is_empty() {
-                    let frames = messages.drain(..).map(|m| m.to_frame());
-                    if let Err(end) = write_all(ws, frames, config.write_wait).await {
+                    if let Err(end) = write_messages(ws, &mut messages, config.write_wait).await {
                         return end;
                     }
                 }
@@ -148,6 +149,62 @@ where
     }
 }
 
+/// How many frames one `writev` carries at most.
+const FRAMES_PER_WRITE: usize = 64;
+
+/// Writes the queued messages' pre-encoded frames straight to the socket, up to
+/// [`FRAMES_PER_WRITE`] per `writev` system call (what uWS calls corking), within
+/// `write_wait`. Nothing is copied: each frame is the broadcast's shared buffer. The
+/// queue is emptied (or the connection ends).
+///
+/// tungstenite's own buffer (a pong, say) is flushed first, and reads wait until every
+/// frame is fully written, so a control frame can never land inside a data frame.
+async fn write_messages<S>(
+    ws: &mut WebSocketStream<S>,
+    messages: &mut VecDeque<Message>,
+    write_wait: Duration,
+) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    flush(ws, write_wait).await?;
+    let socket = ws.get_mut();
+    let write = async {
+        // Bytes of the front frame already written by an earlier, partial writev.
+        let mut offset = 0;
+        while !messages.is_empty() {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
+                let mut count = 0;
+                for (slot, message) in slices.iter_mut().zip(messages.iter()) {
+                    let wire = message.wire();
+                    *slot = IoSlice::new(if count == 0 { &wire[offset..] } else { wire });
+                    count += 1;
+                }
+                socket.write_vectored(&slices[..count]).await?
+            };
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            offset += written;
+            while let Some(front) = messages.front() {
+                let len = front.wire().len();
+                if offset < len {
+                    break;
+                }
+                offset -= len;
+                messages.pop_front();
+            }
+        }
+        socket.flush().await
+    };
+    match tokio::time::timeout(write_wait, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone(CloseReason::ABNORMAL)),
+        Err(_) => Err(End::Gone(CloseReason::new(1006, "write timeout"))),
+    }
+}
+
 /// Queues `frames` and flushes them in one go, within `write_wait`.
 async fn write_all<S>(
     ws: &mut WebSocketStream<S>,
@@ -192,7 +249,15 @@ fn classify(error: tungstenite::Error) -> End {
 }
 
 /// Completes the close handshake when we are the one closing; returns the final reason.
-async fn finish<S>(ws: &mut WebSocketStream<S>, end: End, write_wait: Duration) -> CloseReason
+/// Messages queued before the close are written first (an evicted connection's queue is
+/// already empty), so a client never loses what it was sent before, say, its own protocol
+/// error.
+async fn finish<S>(
+    ws: &mut WebSocketStream<S>,
+    end: End,
+    registration: &Registration,
+    write_wait: Duration,
+) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -200,6 +265,11 @@ where
         End::Gone(reason) => return reason,
         End::Close(reason) => reason,
     };
+    registration.outbox.close(reason.clone());
+    let mut queued = registration.outbox.drain(VecDeque::new()).messages;
+    if write_messages(ws, &mut queued, write_wait).await.is_err() {
+        return reason;
+    }
     let sent = tokio::time::timeout(write_wait, ws.send(reason.to_frame())).await;
     if matches!(sent, Ok(Ok(()))) {
         // Wait briefly for the peer's close frame; whatever else it sends is dropped.

@@ -3,58 +3,88 @@
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 
-/// An application message. Cloning it only bumps a reference count, so one broadcast to N
-/// connections shares a single payload allocation.
+/// An application message, held as the complete WebSocket frame the server sends
+/// (header + payload, encoded once). Cloning it only bumps a reference count, so one
+/// broadcast to N connections shares one allocation and every connection writes the same
+/// bytes: nothing is encoded or copied per recipient.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Message(Repr);
-
-#[derive(Clone, PartialEq, Eq)]
-enum Repr {
-    Text(Utf8Bytes),
-    Binary(Bytes),
+pub struct Message {
+    /// The unmasked server frame: FIN + opcode, length, payload.
+    wire: Bytes,
+    /// Where the payload starts in `wire` (2, 4 or 10).
+    header_len: u8,
 }
+
+/// Frame opcodes (RFC 6455 §5.2).
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
 
 impl Message {
     /// A text message (sent as a WebSocket text frame).
-    pub fn text(text: impl Into<String>) -> Self {
-        Message(Repr::Text(Utf8Bytes::from(text.into())))
+    pub fn text(text: impl AsRef<str>) -> Self {
+        Message::encode(OPCODE_TEXT, text.as_ref().as_bytes())
     }
 
     /// A text message from bytes that must be UTF-8; gives the bytes back if they are not.
     pub fn text_from_bytes(bytes: Bytes) -> Result<Self, Bytes> {
-        match Utf8Bytes::try_from(bytes.clone()) {
-            Ok(text) => Ok(Message(Repr::Text(text))),
+        match std::str::from_utf8(&bytes) {
+            Ok(text) => Ok(Message::text(text)),
             Err(_) => Err(bytes),
         }
     }
 
     /// A binary message (sent as a WebSocket binary frame).
-    pub fn binary(bytes: impl Into<Bytes>) -> Self {
-        Message(Repr::Binary(bytes.into()))
+    pub fn binary(bytes: impl AsRef<[u8]>) -> Self {
+        Message::encode(OPCODE_BINARY, bytes.as_ref())
+    }
+
+    fn encode(opcode: u8, payload: &[u8]) -> Self {
+        let len = payload.len();
+        let mut wire = BytesMut::with_capacity(len + 10);
+        wire.put_u8(0x80 | opcode);
+        // Payload lengths below 126 fit the second byte; up to 65535 take 2 more bytes.
+        match len {
+            0..=125 => wire.put_u8(len as u8),
+            126..=0xFFFF => {
+                wire.put_u8(126);
+                wire.put_u16(len as u16);
+            }
+            _ => {
+                wire.put_u8(127);
+                wire.put_u64(len as u64);
+            }
+        }
+        let header_len = wire.len() as u8;
+        wire.put_slice(payload);
+        Message {
+            wire: wire.freeze(),
+            header_len,
+        }
     }
 
     /// True for text, false for binary.
     pub fn is_text(&self) -> bool {
-        matches!(self.0, Repr::Text(_))
+        self.wire.first().is_some_and(|b| b & 0x0F == OPCODE_TEXT)
     }
 
     /// The text, if this is a text message.
     pub fn as_text(&self) -> Option<&str> {
-        match &self.0 {
-            Repr::Text(t) => Some(t.as_str()),
-            Repr::Binary(_) => None,
+        if self.is_text() {
+            // Text messages are built from `str` or validated bytes only.
+            std::str::from_utf8(self.as_bytes()).ok()
+        } else {
+            None
         }
     }
 
     /// The payload bytes, whatever the type.
     pub fn as_bytes(&self) -> &[u8] {
-        match &self.0 {
-            Repr::Text(t) => t.as_bytes(),
-            Repr::Binary(b) => b,
-        }
+        self.wire
+            .get(usize::from(self.header_len)..)
+            .unwrap_or_default()
     }
 
     /// Payload length in bytes.
@@ -67,19 +97,16 @@ impl Message {
         self.len() == 0
     }
 
-    /// The frame to hand to the WebSocket layer (a reference-count bump, no copy).
-    pub(crate) fn to_frame(&self) -> tungstenite::Message {
-        match &self.0 {
-            Repr::Text(t) => tungstenite::Message::Text(t.clone()),
-            Repr::Binary(b) => tungstenite::Message::Binary(b.clone()),
-        }
+    /// The complete frame as it goes on the wire.
+    pub(crate) fn wire(&self) -> &[u8] {
+        &self.wire
     }
 
     /// Takes an inbound data frame; control frames are not application messages.
     pub(crate) fn from_frame(frame: tungstenite::Message) -> Option<Self> {
         match frame {
-            tungstenite::Message::Text(t) => Some(Message(Repr::Text(t))),
-            tungstenite::Message::Binary(b) => Some(Message(Repr::Binary(b))),
+            tungstenite::Message::Text(t) => Some(Message::encode(OPCODE_TEXT, t.as_bytes())),
+            tungstenite::Message::Binary(b) => Some(Message::encode(OPCODE_BINARY, &b)),
             _ => None,
         }
     }
@@ -87,9 +114,9 @@ impl Message {
 
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Repr::Text(t) => f.debug_tuple("Text").field(&t.as_str()).finish(),
-            Repr::Binary(b) => f.debug_tuple("Binary").field(&b.len()).finish(),
+        match self.as_text() {
+            Some(text) => f.debug_tuple("Text").field(&text).finish(),
+            None => f.debug_tuple("Binary").field(&self.len()).finish(),
         }
     }
 }
@@ -192,6 +219,22 @@ mod tests {
         let m = Message::binary(vec![1u8; 64]);
         let c = m.clone();
         assert_eq!(m.as_bytes().as_ptr(), c.as_bytes().as_ptr());
+    }
+
+    #[test]
+    fn frames_are_encoded_per_rfc6455() {
+        let m = Message::text("hi");
+        assert_eq!(m.wire(), b"\x81\x02hi");
+        assert_eq!(m.as_text(), Some("hi"));
+        let m = Message::binary(vec![7u8; 200]);
+        assert_eq!(&m.wire()[..4], &[0x82, 126, 0, 200]);
+        assert_eq!(m.as_bytes(), &[7u8; 200][..]);
+        assert!(!m.is_text());
+        let m = Message::binary(vec![0u8; 70_000]);
+        assert_eq!(&m.wire()[..2], &[0x82, 127]);
+        assert_eq!(m.len(), 70_000);
+        assert_eq!(Message::text(""), Message::text(String::new()));
+        assert!(Message::text("").is_empty());
     }
 
     #[test]
