@@ -1,0 +1,199 @@
+//! Turning the command line into worker plans: parsing the ws:// URL, choosing the source
+//! addresses to spread sockets over, the number of worker processes, and each worker's share
+//! of connections, senders, handshake rate and parallelism.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+
+use crate::proto::{Mode, Plan};
+
+/// Connections per worker process when `--workers` is not given (the hard fd limit here is
+/// 20,000 per process; this leaves room for everything else a process holds).
+pub(crate) const CONNS_PER_WORKER: u64 = 18_000;
+
+/// A parsed `ws://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// Where to connect.
+    pub(crate) addr: SocketAddr,
+    /// `Host` header (host[:port] as written).
+    pub(crate) host: String,
+    /// Path and query, at least "/".
+    pub(crate) path: String,
+}
+
+/// Parses and resolves a `ws://host[:port][/path]` URL.
+pub(crate) fn parse_url(url: &str) -> Result<Target, String> {
+    let rest = if let Some(rest) = url.strip_prefix("ws://") {
+        rest
+    } else if url.starts_with("wss://") {
+        return Err("wss:// is not supported (plain ws:// only)".into());
+    } else {
+        return Err(format!("not a ws:// URL: {url}"));
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+    if authority.is_empty() {
+        return Err(format!("no host in {url}"));
+    }
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_string()
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {authority}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{authority} resolves to no address"))?;
+    Ok(Target {
+        addr,
+        host: authority.to_string(),
+        path,
+    })
+}
+
+/// The source addresses to bind: `requested` of them (`None`: enough that each carries at
+/// most a third of the ephemeral port range for `sockets` sockets), 127.0.0.2 upwards, only
+/// when the target is IPv4 loopback. Why a third: the kernel looks for a free port among the
+/// even (or odd) half of the range first, and past half the range every connect scans long:
+/// 19,500 sockets from one address took 4.8 s to open, from two 0.7 s.
+pub(crate) fn sources(
+    target: &SocketAddr,
+    requested: Option<u32>,
+    sockets: u64,
+    ports: u64,
+) -> Vec<IpAddr> {
+    let IpAddr::V4(ip) = target.ip() else {
+        return Vec::new();
+    };
+    if !ip.is_loopback() {
+        return Vec::new();
+    }
+    let per_source = (ports / 3).max(1);
+    let count = requested.unwrap_or_else(|| sockets.div_ceil(per_source).max(1) as u32);
+    let base = u32::from(Ipv4Addr::new(127, 0, 0, 2));
+    (0..count.min(250 * 256))
+        .map(|i| IpAddr::V4(Ipv4Addr::from(base + i)))
+        .collect()
+}
+
+/// Worker count: `requested`, or one per `CONNS_PER_WORKER` connections.
+pub(crate) fn workers(requested: Option<usize>, conns: u64) -> usize {
+    requested
+        .unwrap_or_else(|| conns.div_ceil(CONNS_PER_WORKER) as usize)
+        .max(1)
+}
+
+/// What is shared by all of a run's plans.
+#[derive(Debug, Clone)]
+pub(crate) struct Common {
+    pub(crate) mode: Mode,
+    pub(crate) target: Target,
+    pub(crate) sources: Vec<IpAddr>,
+    pub(crate) total: u64,
+    pub(crate) parallel: u64,
+    pub(crate) connect_rate: f64,
+    pub(crate) connect_timeout_ms: u64,
+    pub(crate) senders: u64,
+    pub(crate) size: usize,
+    pub(crate) msg_rate: f64,
+    pub(crate) in_flight: u64,
+    pub(crate) tag: u16,
+    pub(crate) cycles: u64,
+    pub(crate) quick_acks: bool,
+}
+
+/// `n` split into `parts` near-equal shares: (first index, count) of each.
+fn split(n: u64, parts: usize) -> Vec<(u64, u64)> {
+    let parts = parts as u64;
+    let mut first = 0;
+    (0..parts)
+        .map(|i| {
+            let count = n / parts + u64::from(i < n % parts);
+            let share = (first, count);
+            first += count;
+            share
+        })
+        .collect()
+}
+
+/// One plan per worker.
+pub(crate) fn split_plans(common: &Common, workers: usize) -> Vec<Plan> {
+    let conns = split(common.total, workers);
+    let cycles = split(common.cycles, workers);
+    let w = workers as u64;
+    (0..workers)
+        .map(|i| {
+            let (first, count, cycles) = if common.mode == Mode::Churn {
+                (cycles[i].0, conns[i].1, cycles[i].1)
+            } else {
+                (conns[i].0, conns[i].1, 0)
+            };
+            Plan {
+                mode: common.mode,
+                worker: i,
+                target: common.target.addr,
+                host: common.target.host.clone(),
+                path: common.target.path.clone(),
+                sources: common.sources.clone(),
+                first,
+                count,
+                total: common.total,
+                parallel: common.parallel.div_ceil(w).max(1),
+                connect_rate: common.connect_rate / w as f64,
+                connect_timeout_ms: common.connect_timeout_ms,
+                senders: common.senders,
+                size: common.size,
+                msg_rate: common.msg_rate,
+                in_flight: common.in_flight,
+                tag: common.tag,
+                cycles,
+                quick_acks: common.quick_acks,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = parse_url("ws://127.0.0.1:8080/ws").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap_or(t.addr));
+        assert_eq!(t.host, "127.0.0.1:8080");
+        assert_eq!(t.path, "/ws");
+        let t = parse_url("ws://127.0.0.1?x=1").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.path, "/?x=1");
+        assert_eq!(t.addr.port(), 80);
+        let t = parse_url("ws://[::1]:9/a").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.addr.port(), 9);
+        assert!(parse_url("wss://x/").is_err());
+        assert!(parse_url("http://x/").is_err());
+    }
+
+    #[test]
+    fn spreading() {
+        let lo: SocketAddr = ([127, 0, 0, 1], 80).into();
+        let s = sources(&lo, None, 100_000, 28_232);
+        assert_eq!(s.len(), 11);
+        assert_eq!(s[0], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(sources(&lo, Some(0), 100_000, 28_232).len(), 0);
+        assert_eq!(sources(&lo, None, 10, 28_232).len(), 1);
+        let far: SocketAddr = ([10, 0, 0, 1], 80).into();
+        assert!(sources(&far, None, 100_000, 28_232).is_empty());
+        assert_eq!(workers(None, 19_500), 2);
+        assert_eq!(workers(Some(1), 19_500), 1);
+        assert_eq!(workers(None, 100), 1);
+    }
+
+    #[test]
+    fn shares_cover_everything() {
+        let s = split(10, 3);
+        assert_eq!(s, vec![(0, 4), (4, 3), (7, 3)]);
+    }
+}

@@ -1,0 +1,468 @@
+//! The results of a run: one serializable struct per subcommand (printed as one JSON object
+//! with `--json`) and its human-readable rendering.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::hist::Histogram;
+use crate::proto::SenderAnomaly;
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Latency {
+    /// How many values.
+    pub(crate) count: u64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p90_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
+    pub(crate) max_ms: f64,
+    pub(crate) mean_ms: f64,
+}
+
+impl Latency {
+    /// Percentiles of a µs histogram.
+    pub(crate) fn of(hist: &Histogram) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: hist.len(),
+            p50_ms: ms(hist.quantile(0.50)),
+            p90_ms: ms(hist.quantile(0.90)),
+            p99_ms: ms(hist.quantile(0.99)),
+            p999_ms: ms(hist.quantile(0.999)),
+            max_ms: ms(hist.max()),
+            mean_ms: hist.mean() / 1000.0,
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "p50 {} p90 {} p99 {} p99.9 {} max {} (mean {}, {} samples)",
+            ms(self.p50_ms),
+            ms(self.p90_ms),
+            ms(self.p99_ms),
+            ms(self.p999_ms),
+            ms(self.max_ms),
+            ms(self.mean_ms),
+            self.count
+        )
+    }
+}
+
+/// CPU use of one of the tool's processes.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ProcessCpu {
+    /// "coordinator" or "worker N".
+    pub(crate) role: String,
+    pub(crate) pid: u32,
+    /// CPU seconds over the whole run.
+    pub(crate) cpu_s: f64,
+    /// CPU seconds during the measured phase.
+    pub(crate) phase_cpu_s: f64,
+    /// Average share of one core during the measured phase, %.
+    pub(crate) phase_core_pct: f64,
+}
+
+/// The tool's own CPU use.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ClientCpu {
+    /// What the measured phase was ("opening", "window", "run").
+    pub(crate) phase: String,
+    /// Its length, s.
+    pub(crate) phase_s: f64,
+    /// CPU seconds of all the tool's processes over the whole run.
+    pub(crate) total_cpu_s: f64,
+    /// Per process.
+    pub(crate) processes: Vec<ProcessCpu>,
+    /// CPU used during the phase by processes that are neither the tool nor the server (with
+    /// --server-pid; else the server counts here too), in % of one core, from /proc/stat.
+    pub(crate) other_load_pct: f64,
+    /// CPUs the tool's processes may run on (their affinity).
+    pub(crate) cpus_allowed: usize,
+    /// Some process used more than 90% of a core during the phase, or all of them together
+    /// more than 90% of the CPUs they may run on: the client may have been the bottleneck.
+    pub(crate) client_bound: bool,
+}
+
+impl ClientCpu {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "client cpu:        {:.2} s in all; during the {} ({:.2} s): {}",
+            self.total_cpu_s,
+            self.phase,
+            self.phase_s,
+            self.processes
+                .iter()
+                .map(|p| format!("{} {:.0}%", p.role, p.phase_core_pct))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if self.other_load_pct > 10.0 {
+            let _ = writeln!(
+                out,
+                "OTHER LOAD:        other processes used {:.0}% of a core during the {}; \
+                 the measurement may be disturbed",
+                self.other_load_pct, self.phase
+            );
+        }
+        if self.client_bound {
+            let _ = writeln!(
+                out,
+                "CLIENT-BOUND:      the tool used more than 90% of a core in one process (or of \
+                 its {} allowed CPUs in all); these numbers describe the client, not the server",
+                self.cpus_allowed
+            );
+        }
+    }
+}
+
+/// Server memory for `idle`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ServerMemory {
+    pub(crate) pid: u32,
+    /// VmRSS before any connection, KiB.
+    pub(crate) rss_before_kib: u64,
+    /// Right after the last handshake.
+    pub(crate) rss_opened_kib: u64,
+    /// At the end of the hold (connections still open).
+    pub(crate) rss_after_kib: u64,
+    /// Highest sample (once a second).
+    pub(crate) rss_peak_kib: u64,
+    /// (after - before) / opened.
+    pub(crate) bytes_per_conn: f64,
+    /// Server CPU seconds while opening.
+    pub(crate) open_cpu_s: f64,
+}
+
+/// `idle` results.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct IdleReport {
+    pub(crate) scenario: &'static str,
+    pub(crate) url: String,
+    pub(crate) conns: u64,
+    pub(crate) opened: u64,
+    pub(crate) failed: u64,
+    /// From the first connect to the last handshake, s.
+    pub(crate) time_to_open_s: f64,
+    /// opened / time_to_open.
+    pub(crate) open_rate_per_s: f64,
+    pub(crate) hold_s: f64,
+    /// Connections lost during the hold.
+    pub(crate) dropped: u64,
+    /// Pings answered.
+    pub(crate) pings: u64,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) server: Option<ServerMemory>,
+    pub(crate) workers: usize,
+    pub(crate) sources: usize,
+    pub(crate) client: ClientCpu,
+    pub(crate) wall_s: f64,
+}
+
+/// Server CPU for `fanout`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ServerCpu {
+    pub(crate) pid: u32,
+    /// utime + stime during the window, s.
+    pub(crate) cpu_s: f64,
+    /// Average share of one core during the window, %.
+    pub(crate) core_pct: f64,
+    /// Deliveries received during the window / cpu_s.
+    pub(crate) deliveries_per_cpu_s: f64,
+    /// VmRSS at the end of the window, KiB.
+    pub(crate) rss_kib: u64,
+}
+
+/// `fanout` results.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FanoutReport {
+    pub(crate) scenario: &'static str,
+    pub(crate) url: String,
+    pub(crate) conns: u64,
+    pub(crate) opened: u64,
+    pub(crate) failed: u64,
+    pub(crate) senders: u64,
+    /// "closed-loop" or "fixed-rate".
+    pub(crate) mode: &'static str,
+    pub(crate) in_flight: Option<u64>,
+    pub(crate) rate: Option<f64>,
+    /// Senders that send at all (closed loop with K < S: only K).
+    pub(crate) active_senders: u64,
+    /// Whether the kernel's quick ACKs were left on (`--quick-acks`).
+    pub(crate) quick_acks: bool,
+    pub(crate) size: usize,
+    pub(crate) warmup_s: f64,
+    pub(crate) duration_s: f64,
+    /// How long the drain actually took, s.
+    pub(crate) drain_s: f64,
+    /// Messages sent inside the window.
+    pub(crate) sent: u64,
+    /// Messages sent in all (warm-up included).
+    pub(crate) sent_total: u64,
+    /// sent × opened.
+    pub(crate) expected: u64,
+    /// Deliveries of the window's messages.
+    pub(crate) delivered: u64,
+    /// expected − delivered.
+    pub(crate) lost: i64,
+    pub(crate) duplicates: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) skipped: u64,
+    /// Per sender, only those with anomalies.
+    pub(crate) anomalies: Vec<SenderAnomaly>,
+    /// Deliveries of this run's messages received during the window.
+    pub(crate) received_in_window: u64,
+    /// received_in_window / duration.
+    pub(crate) deliveries_per_s: f64,
+    /// Over all measured deliveries.
+    pub(crate) latency: Latency,
+    /// Over the senders' own copies only (in closed loop: the loop's round trip).
+    pub(crate) echo_latency: Latency,
+    /// Connections lost during the run.
+    pub(crate) dropped: u64,
+    pub(crate) foreign: u64,
+    pub(crate) stalls: u64,
+    pub(crate) backlog_skipped: u64,
+    pub(crate) pings: u64,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) server: Option<ServerCpu>,
+    pub(crate) workers: usize,
+    pub(crate) sources: usize,
+    pub(crate) client: ClientCpu,
+    pub(crate) wall_s: f64,
+}
+
+/// Server CPU for `churn`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ServerChurn {
+    pub(crate) pid: u32,
+    pub(crate) cpu_s: f64,
+    pub(crate) handshakes_per_cpu_s: f64,
+}
+
+/// `churn` results.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ChurnReport {
+    pub(crate) scenario: &'static str,
+    pub(crate) url: String,
+    pub(crate) concurrency: u64,
+    pub(crate) cycles: u64,
+    /// Cycles whose handshake and close completed.
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) elapsed_s: f64,
+    /// ok / elapsed.
+    pub(crate) handshakes_per_s: f64,
+    /// Connect to 101.
+    pub(crate) handshake: Latency,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) server: Option<ServerChurn>,
+    pub(crate) workers: usize,
+    pub(crate) sources: usize,
+    pub(crate) client: ClientCpu,
+    pub(crate) wall_s: f64,
+}
+
+fn ms(value: f64) -> String {
+    if value >= 1000.0 {
+        format!("{:.2} s", value / 1000.0)
+    } else if value >= 10.0 {
+        format!("{value:.1} ms")
+    } else {
+        format!("{value:.3} ms")
+    }
+}
+
+/// 1234567 → "1.23M".
+pub(crate) fn si(value: f64) -> String {
+    let abs = value.abs();
+    if abs >= 1e9 {
+        format!("{:.2}G", value / 1e9)
+    } else if abs >= 1e6 {
+        format!("{:.2}M", value / 1e6)
+    } else if abs >= 1e4 {
+        format!("{:.1}k", value / 1e3)
+    } else if abs >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn errors(out: &mut String, errors: &BTreeMap<String, u64>) {
+    for (what, count) in errors {
+        let _ = writeln!(out, "  error x{count}: {what}");
+    }
+}
+
+impl IdleReport {
+    /// The human-readable report.
+    pub(crate) fn human(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "idle {}", self.url);
+        let _ = writeln!(
+            out,
+            "connections:       {} opened, {} failed (of {}), {} workers, {} source addresses",
+            self.opened, self.failed, self.conns, self.workers, self.sources
+        );
+        errors(&mut out, &self.errors);
+        let _ = writeln!(
+            out,
+            "time to open:      {:.3} s ({}/s)",
+            self.time_to_open_s,
+            si(self.open_rate_per_s)
+        );
+        let _ = writeln!(
+            out,
+            "hold:              {:.1} s, {} dropped, {} pings answered",
+            self.hold_s, self.dropped, self.pings
+        );
+        if let Some(s) = &self.server {
+            let _ = writeln!(
+                out,
+                "server rss:        {:.1} MiB before, {:.1} MiB opened, {:.1} MiB after hold, {:.1} MiB peak (pid {})",
+                s.rss_before_kib as f64 / 1024.0,
+                s.rss_opened_kib as f64 / 1024.0,
+                s.rss_after_kib as f64 / 1024.0,
+                s.rss_peak_kib as f64 / 1024.0,
+                s.pid
+            );
+            let _ = writeln!(
+                out,
+                "per connection:    {:.0} bytes ({:.1} KB); server cpu while opening {:.2} s",
+                s.bytes_per_conn,
+                s.bytes_per_conn / 1000.0,
+                s.open_cpu_s
+            );
+        }
+        self.client.render(&mut out);
+        let _ = writeln!(out, "wall time:         {:.1} s", self.wall_s);
+        out
+    }
+}
+
+impl FanoutReport {
+    /// The human-readable report.
+    pub(crate) fn human(&self) -> String {
+        let mut out = String::new();
+        let mode = match (self.in_flight, self.rate) {
+            (Some(k), _) => format!(
+                "closed loop, {k} in flight ({} senders active)",
+                self.active_senders
+            ),
+            (_, Some(r)) => format!("fixed rate, {} msg/s", si(r)),
+            _ => self.mode.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "fanout {}: {} conns, {} senders, {mode}, {} B messages{}",
+            self.url,
+            self.conns,
+            self.senders,
+            self.size,
+            if self.quick_acks { ", quick ACKs" } else { "" }
+        );
+        let _ = writeln!(
+            out,
+            "connections:       {} opened, {} failed, {} dropped during the run; {} workers, {} source addresses",
+            self.opened, self.failed, self.dropped, self.workers, self.sources
+        );
+        errors(&mut out, &self.errors);
+        let _ = writeln!(
+            out,
+            "window:            {:.1} s after {:.1} s warm-up; drain took {:.2} s",
+            self.duration_s, self.warmup_s, self.drain_s
+        );
+        let _ = writeln!(
+            out,
+            "messages sent:     {} in the window ({} in all)",
+            self.sent, self.sent_total
+        );
+        let _ = writeln!(
+            out,
+            "deliveries:        {} expected, {} delivered, {} lost",
+            self.expected, self.delivered, self.lost
+        );
+        if self.duplicates + self.out_of_order + self.skipped > 0 {
+            let _ = writeln!(
+                out,
+                "ordering:          {} duplicates, {} out of order, {} skipped",
+                self.duplicates, self.out_of_order, self.skipped
+            );
+            for a in self.anomalies.iter().take(20) {
+                let _ = writeln!(
+                    out,
+                    "  sender {}: {} duplicates, {} out of order, {} skipped",
+                    a.sender, a.duplicates, a.out_of_order, a.skipped
+                );
+            }
+        }
+        if self.stalls + self.backlog_skipped + self.foreign > 0 {
+            let _ = writeln!(
+                out,
+                "other:             {} sender stalls, {} fixed-rate messages not sent in time, {} foreign messages",
+                self.stalls, self.backlog_skipped, self.foreign
+            );
+        }
+        let _ = writeln!(
+            out,
+            "throughput:        {} deliveries/s ({} received during the window)",
+            si(self.deliveries_per_s),
+            self.received_in_window
+        );
+        let _ = writeln!(out, "latency:           {}", self.latency.line());
+        let _ = writeln!(out, "  own copy back:   {}", self.echo_latency.line());
+        if let Some(s) = &self.server {
+            let _ = writeln!(
+                out,
+                "server cpu:        {:.2} s in the window ({:.0}% of a core), {} deliveries per CPU-second; rss {:.1} MiB",
+                s.cpu_s,
+                s.core_pct,
+                si(s.deliveries_per_cpu_s),
+                s.rss_kib as f64 / 1024.0
+            );
+        }
+        self.client.render(&mut out);
+        let _ = writeln!(out, "wall time:         {:.1} s", self.wall_s);
+        out
+    }
+}
+
+impl ChurnReport {
+    /// The human-readable report.
+    pub(crate) fn human(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "churn {}: {} cycles, {} at a time",
+            self.url, self.cycles, self.concurrency
+        );
+        let _ = writeln!(
+            out,
+            "cycles:            {} ok, {} failed; {} workers, {} source addresses",
+            self.ok, self.failed, self.workers, self.sources
+        );
+        errors(&mut out, &self.errors);
+        let _ = writeln!(
+            out,
+            "rate:              {} handshakes/s over {:.2} s",
+            si(self.handshakes_per_s),
+            self.elapsed_s
+        );
+        let _ = writeln!(out, "handshake time:    {}", self.handshake.line());
+        if let Some(s) = &self.server {
+            let _ = writeln!(
+                out,
+                "server cpu:        {:.2} s, {} handshakes per CPU-second",
+                s.cpu_s,
+                si(s.handshakes_per_cpu_s)
+            );
+        }
+        self.client.render(&mut out);
+        let _ = writeln!(out, "wall time:         {:.1} s", self.wall_s);
+        out
+    }
+}

@@ -1,0 +1,398 @@
+//! The bytes on the wire: the hand-written client handshake (request, 101 check,
+//! Sec-WebSocket-Accept), masked client frames, the incremental server-frame decoder that
+//! works in place over a shared read buffer, and the benchmark payload header
+//! (run tag, measured flag, sender id, sequence number, send timestamp).
+
+use base64::Engine as _;
+use sha1::{Digest as _, Sha1};
+
+/// Frame opcodes (RFC 6455 §5.2).
+pub(crate) mod op {
+    /// Continuation of a fragmented message.
+    pub(crate) const CONT: u8 = 0x0;
+    /// Text message.
+    pub(crate) const TEXT: u8 = 0x1;
+    /// Binary message.
+    pub(crate) const BINARY: u8 = 0x2;
+    /// Close.
+    pub(crate) const CLOSE: u8 = 0x8;
+    /// Ping.
+    pub(crate) const PING: u8 = 0x9;
+    /// Pong.
+    pub(crate) const PONG: u8 = 0xA;
+}
+
+/// A fresh random `Sec-WebSocket-Key` (16 random bytes, base64).
+pub(crate) fn new_key() -> String {
+    let bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The `Sec-WebSocket-Accept` a server must answer `key` with.
+pub(crate) fn accept_for(key: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// The upgrade request.
+pub(crate) fn request(host: &str, path: &str, key: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Checks a complete response head (up to and including the blank line): status 101 and the
+/// right accept value. The error is a short description for the report.
+pub(crate) fn check_response(head: &[u8], key: &str) -> Result<(), String> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let status = lines.next().unwrap_or("");
+    let code = status.split_whitespace().nth(1).unwrap_or("");
+    if code != "101" {
+        let code = if code.is_empty() { "no status" } else { code };
+        return Err(format!("HTTP {code} instead of 101"));
+    }
+    let want = accept_for(key);
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("sec-websocket-accept")
+        {
+            return if value.trim() == want {
+                Ok(())
+            } else {
+                Err("wrong Sec-WebSocket-Accept".into())
+            };
+        }
+    }
+    Err("101 without Sec-WebSocket-Accept".into())
+}
+
+/// Where the response head ends (index just past `\r\n\r\n`), if it is complete.
+pub(crate) fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+}
+
+/// Appends one masked client frame (FIN set) with `payload` to `out`.
+pub(crate) fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= 0xFFFF {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    let mask = fastrand::u32(..).to_ne_bytes();
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    for (i, b) in out[start..].iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// A masked close frame with status 1000.
+pub(crate) fn push_close(out: &mut Vec<u8>) {
+    push_frame(out, op::CLOSE, &1000u16.to_be_bytes());
+}
+
+/// What the decoder hands to its caller for each frame it finishes looking at.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Event<'a> {
+    /// The first frame of a text or binary message: at least the first
+    /// `min(len, HEADER_LEN)` payload bytes, unmasked.
+    Message(&'a [u8]),
+    /// A ping with its whole payload.
+    Ping(&'a [u8]),
+    /// A close frame.
+    Close,
+    /// A frame with a reserved opcode.
+    Bad(u8),
+}
+
+/// Bytes of a server frame that may have to be kept between reads: a frame header (at most
+/// 14) plus a control payload (at most 125) or a message prefix (`HEADER_LEN`).
+pub(crate) const MAX_CARRY: usize = 256;
+
+/// Decoder state kept per connection.
+#[derive(Debug, Default)]
+pub(crate) struct Decoder {
+    /// Payload bytes of an already reported (or ignored) frame still to be skipped.
+    pub(crate) skip: u64,
+}
+
+impl Decoder {
+    /// Walks the frames in `buf`, calling `on` for each event. Returns how many bytes were
+    /// consumed; the rest (at most `MAX_CARRY` bytes, the start of an unfinished frame) must
+    /// be presented again, followed by more data.
+    pub(crate) fn feed(&mut self, buf: &mut [u8], mut on: impl FnMut(Event<'_>)) -> usize {
+        let mut pos = 0;
+        loop {
+            if self.skip > 0 {
+                let n = (self.skip).min((buf.len() - pos) as u64) as usize;
+                pos += n;
+                self.skip -= n as u64;
+                if self.skip > 0 {
+                    return pos;
+                }
+            }
+            let rest = &buf[pos..];
+            if rest.len() < 2 {
+                return pos;
+            }
+            let opcode = rest[0] & 0x0F;
+            let masked = rest[1] & 0x80 != 0;
+            let len7 = rest[1] & 0x7F;
+            let (len, mut hlen) = match len7 {
+                126 => {
+                    if rest.len() < 4 {
+                        return pos;
+                    }
+                    (u64::from(u16::from_be_bytes([rest[2], rest[3]])), 4)
+                }
+                127 => {
+                    if rest.len() < 10 {
+                        return pos;
+                    }
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&rest[2..10]);
+                    (u64::from_be_bytes(b), 10)
+                }
+                n => (u64::from(n), 2),
+            };
+            let mask = if masked {
+                if rest.len() < hlen + 4 {
+                    return pos;
+                }
+                let m = [rest[hlen], rest[hlen + 1], rest[hlen + 2], rest[hlen + 3]];
+                hlen += 4;
+                Some(m)
+            } else {
+                None
+            };
+            let avail = (rest.len() - hlen) as u64;
+            // How much payload must be in hand before the frame can be handled.
+            let need = match opcode {
+                op::TEXT | op::BINARY => len.min(HEADER_LEN as u64),
+                op::PING | op::CLOSE => len,
+                _ => 0,
+            };
+            if avail < need {
+                return pos;
+            }
+            let start = pos + hlen;
+            let take = len.min(avail) as usize;
+            if let Some(mask) = mask {
+                for (i, b) in buf[start..start + need as usize].iter_mut().enumerate() {
+                    *b ^= mask[i & 3];
+                }
+            }
+            let payload = &buf[start..start + need as usize];
+            match opcode {
+                op::TEXT | op::BINARY => on(Event::Message(payload)),
+                op::PING => on(Event::Ping(payload)),
+                op::CLOSE => on(Event::Close),
+                op::PONG | op::CONT => {}
+                other => on(Event::Bad(other)),
+            }
+            pos = start + take;
+            self.skip = len - take as u64;
+        }
+    }
+}
+
+/// Length of the benchmark header at the start of every message the tool sends:
+/// `m` or `w` (measured or warm-up), the run tag (4 hex digits), the sender id (6), the
+/// sequence number (8) and the send time in µs since the Unix epoch (13).
+pub(crate) const HEADER_LEN: usize = 32;
+
+/// The fields of a benchmark message header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    /// Sent inside the measured window (not during warm-up).
+    pub(crate) measured: bool,
+    /// Which run this message belongs to (random per run).
+    pub(crate) tag: u16,
+    /// Global sender id.
+    pub(crate) sender: u32,
+    /// Per-sender sequence number from 0.
+    pub(crate) seq: u32,
+    /// Send (or, at a fixed rate, scheduled send) time, µs since the Unix epoch.
+    pub(crate) sent_us: u64,
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn put_hex(out: &mut [u8], mut value: u64) {
+    for slot in out.iter_mut().rev() {
+        *slot = HEX[(value & 0xF) as usize];
+        value >>= 4;
+    }
+}
+
+#[inline]
+fn hex(bytes: &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for &b in bytes {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        value = (value << 4) | u64::from(digit);
+    }
+    Some(value)
+}
+
+impl Header {
+    /// Writes the header into the first `HEADER_LEN` bytes of `out`.
+    pub(crate) fn write(&self, out: &mut [u8]) {
+        out[0] = if self.measured { b'm' } else { b'w' };
+        put_hex(&mut out[1..5], u64::from(self.tag));
+        put_hex(&mut out[5..11], u64::from(self.sender));
+        put_hex(&mut out[11..19], u64::from(self.seq));
+        put_hex(&mut out[19..32], self.sent_us);
+    }
+
+    /// Parses a payload prefix; `None` for anything that is not a benchmark message.
+    #[inline]
+    pub(crate) fn parse(payload: &[u8]) -> Option<Header> {
+        if payload.len() < HEADER_LEN {
+            return None;
+        }
+        let measured = match payload[0] {
+            b'm' => true,
+            b'w' => false,
+            _ => return None,
+        };
+        Some(Header {
+            measured,
+            tag: hex(&payload[1..5])? as u16,
+            sender: hex(&payload[5..11])? as u32,
+            seq: hex(&payload[11..19])? as u32,
+            sent_us: hex(&payload[19..32])?,
+        })
+    }
+}
+
+/// A message body of `size` bytes (at least `HEADER_LEN`): the header slot followed by
+/// printable padding. The header is filled in per message.
+pub(crate) fn body_template(size: usize) -> Vec<u8> {
+    (0..size.max(HEADER_LEN))
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unmasked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x80 | opcode];
+        let len = payload.len();
+        if len < 126 {
+            out.push(len as u8);
+        } else if len <= 0xFFFF {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn accept_matches_rfc_example() {
+        assert_eq!(
+            accept_for("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert_eq!(check_response(head, "dGhlIHNhbXBsZSBub25jZQ=="), Ok(()));
+        assert!(check_response(b"HTTP/1.1 503 Busy\r\n\r\n", "x").is_err());
+        assert_eq!(head_end(head), Some(head.len()));
+        assert_eq!(new_key().len(), 24);
+    }
+
+    #[test]
+    fn header_round_trip() {
+        let h = Header {
+            measured: true,
+            tag: 0xbeef,
+            sender: 12345,
+            seq: 4_000_000_000,
+            sent_us: 1_790_000_000_123_456,
+        };
+        let mut body = body_template(64);
+        h.write(&mut body);
+        assert_eq!(Header::parse(&body), Some(h));
+        assert_eq!(Header::parse(b"hello"), None);
+        assert!(std::str::from_utf8(&body).is_ok());
+    }
+
+    #[test]
+    fn masked_frames_decode() {
+        let mut out = Vec::new();
+        push_frame(&mut out, op::TEXT, b"hello world");
+        let mut big = vec![7u8; 70_000];
+        big[..5].copy_from_slice(b"abcde");
+        push_frame(&mut out, op::BINARY, &big);
+        let mut d = Decoder::default();
+        let mut seen = Vec::new();
+        let used = d.feed(&mut out, |e| {
+            if let Event::Message(p) = e {
+                seen.push(p.to_vec())
+            }
+        });
+        assert_eq!(used, out.len());
+        assert_eq!(seen[0], b"hello world");
+        assert_eq!(&seen[1][..5], b"abcde");
+        assert_eq!(seen[1].len(), HEADER_LEN);
+    }
+
+    #[test]
+    fn split_anywhere() {
+        let mut stream = Vec::new();
+        stream.extend(unmasked(op::TEXT, &[b'x'; 40]));
+        stream.extend(unmasked(op::PING, b"pp"));
+        stream.extend(unmasked(op::BINARY, &vec![b'y'; 300]));
+        stream.extend(unmasked(op::PONG, b""));
+        stream.extend(unmasked(op::TEXT, &vec![b'z'; 70_000]));
+        stream.extend(unmasked(op::CLOSE, &[3, 232]));
+        for chunk in [1usize, 2, 3, 7, 64, 1000, 100_000] {
+            let mut d = Decoder::default();
+            let mut events = Vec::new();
+            let mut carry: Vec<u8> = Vec::new();
+            for piece in stream.chunks(chunk) {
+                let mut buf = carry.clone();
+                buf.extend_from_slice(piece);
+                let used = d.feed(&mut buf, |e| {
+                    events.push(match e {
+                        Event::Message(p) => format!("m{}{}", p.len(), p[0] as char),
+                        Event::Ping(p) => format!("ping{}", p.len()),
+                        Event::Close => "close".into(),
+                        Event::Bad(o) => format!("bad{o}"),
+                    })
+                });
+                carry = buf[used..].to_vec();
+                assert!(carry.len() <= MAX_CARRY);
+            }
+            assert_eq!(
+                events,
+                ["m32x", "ping2", "m32y", "m32z", "close"],
+                "chunk {chunk}"
+            );
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! End-to-end checks of the wshub-bench binary against a real `wshub serve` (the debug build
+//! of crates/wshub-server, target/debug/wshub): each test starts its own server on an
+//! ephemeral port, runs one subcommand with `--json`, and checks the counts — every message
+//! sent in the window delivered to every connection, nothing lost, every handshake accepted.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The wshub binary: `WSHUB_BIN` if set, else the workspace's target/debug/wshub.
+fn wshub_binary() -> PathBuf {
+    let path = std::env::var_os("WSHUB_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/wshub")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: these tests run the real server; build it first with \
+         `cargo build -p wshub-server` (or point WSHUB_BIN at a wshub binary)",
+        path.display()
+    );
+    path
+}
+
+/// A running `wshub serve --bind 127.0.0.1:0`; killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let mut command = Command::new(wshub_binary());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("WSHUB_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wshub");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let addr = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(15))
+                .expect("wshub printed `listening on http://ADDR`");
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"' && *c != '\u{1b}')
+                    .collect();
+                break addr
+                    .parse()
+                    .expect("an address after `listening on http://`");
+            }
+        };
+        Server { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs wshub-bench with `--json --quiet`; returns its JSON report.
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_wshub-bench"))
+        .args(args)
+        .args(["--json", "--quiet"])
+        .output()
+        .expect("run wshub-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "wshub-bench {args:?} failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line expected, got: {stdout}");
+    serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn n(report: &Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {report}"))
+}
+
+fn check_fanout(report: &Value, conns: u64) {
+    assert_eq!(report["scenario"], "fanout");
+    assert_eq!(n(report, "opened"), conns, "{report}");
+    assert_eq!(n(report, "failed"), 0, "{report}");
+    let sent = n(report, "sent");
+    assert!(sent > 0, "nothing sent: {report}");
+    assert_eq!(n(report, "expected"), sent * conns, "{report}");
+    assert_eq!(
+        n(report, "delivered"),
+        n(report, "expected"),
+        "deliveries: {report}"
+    );
+    assert_eq!(report["lost"].as_i64(), Some(0), "{report}");
+    for key in [
+        "duplicates",
+        "out_of_order",
+        "skipped",
+        "dropped",
+        "foreign",
+    ] {
+        assert_eq!(n(report, key), 0, "{key}: {report}");
+    }
+    assert!(n(report, "sent_total") >= sent);
+    let latency = &report["latency"];
+    assert_eq!(n(latency, "count"), n(report, "delivered"));
+    let p50 = latency["p50_ms"].as_f64().unwrap();
+    let p99 = latency["p99_ms"].as_f64().unwrap();
+    let max = latency["max_ms"].as_f64().unwrap();
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{latency}");
+    assert!(report["deliveries_per_s"].as_f64().unwrap() > 0.0);
+    let server = &report["server"];
+    assert!(server["cpu_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(server["deliveries_per_cpu_s"].as_f64().unwrap() > 0.0);
+    let client = &report["client"];
+    assert!(client["processes"].as_array().unwrap().len() >= 2);
+    assert!(client["client_bound"].is_boolean());
+}
+
+#[test]
+fn fanout_closed_loop_delivers_everything() {
+    let server = Server::start(&[]);
+    let report = bench(&[
+        "fanout",
+        "--url",
+        &server.url(),
+        "--conns",
+        "50",
+        "--senders",
+        "5",
+        "--in-flight",
+        "10",
+        "--warmup",
+        "500ms",
+        "--duration",
+        "1500ms",
+        "--drain",
+        "10s",
+        "--server-pid",
+        &server.pid(),
+    ]);
+    check_fanout(&report, 50);
+    assert_eq!(report["mode"], "closed-loop");
+    assert_eq!(n(&report, "in_flight"), 10);
+    assert_eq!(n(&report, "stalls"), 0, "{report}");
+}
+
+#[test]
+fn fanout_fixed_rate_over_two_workers_delivers_everything() {
+    let server = Server::start(&[]);
+    let report = bench(&[
+        "fanout",
+        "--url",
+        &server.url(),
+        "--conns",
+        "50",
+        "--senders",
+        "5",
+        "--rate",
+        "200",
+        "--size",
+        "100",
+        "--warmup",
+        "500ms",
+        "--duration",
+        "1s",
+        "--drain",
+        "10s",
+        "--workers",
+        "2",
+        "--sources",
+        "3",
+        "--server-pid",
+        &server.pid(),
+    ]);
+    check_fanout(&report, 50);
+    assert_eq!(report["mode"], "fixed-rate");
+    assert_eq!(n(&report, "workers"), 2);
+    assert_eq!(n(&report, "sources"), 3);
+    // 200 msg/s for 1 s, give or take the scheduling at the window's edges (a sender that
+    // could not keep up on a loaded machine counts what it owed as backlog).
+    let sent = n(&report, "sent") + n(&report, "backlog_skipped");
+    assert!((190..=210).contains(&sent), "sent {sent}: {report}");
+    assert_eq!(report["client"]["processes"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn idle_opens_holds_and_measures_rss() {
+    let server = Server::start(&[]);
+    let report = bench(&[
+        "idle",
+        "--url",
+        &server.url(),
+        "--conns",
+        "300",
+        "--parallel",
+        "20",
+        "--hold",
+        "1s",
+        "--server-pid",
+        &server.pid(),
+    ]);
+    assert_eq!(report["scenario"], "idle");
+    assert_eq!(n(&report, "opened"), 300, "{report}");
+    assert_eq!(n(&report, "failed"), 0, "{report}");
+    assert_eq!(n(&report, "dropped"), 0, "{report}");
+    assert!(report["time_to_open_s"].as_f64().unwrap() > 0.0);
+    let s = &report["server"];
+    assert!(n(s, "rss_before_kib") > 0, "{report}");
+    assert!(n(s, "rss_after_kib") > 0, "{report}");
+    assert!(n(s, "rss_peak_kib") >= n(s, "rss_after_kib"));
+    assert!(s["bytes_per_conn"].is_number());
+}
+
+#[test]
+fn churn_completes_every_cycle() {
+    let server = Server::start(&[]);
+    let report = bench(&[
+        "churn",
+        "--url",
+        &server.url(),
+        "--conns",
+        "10",
+        "--cycles",
+        "500",
+        "--server-pid",
+        &server.pid(),
+    ]);
+    assert_eq!(report["scenario"], "churn");
+    assert_eq!(n(&report, "ok"), 500, "{report}");
+    assert_eq!(n(&report, "failed"), 0, "{report}");
+    assert_eq!(n(&report["handshake"], "count"), 500);
+    assert!(report["handshakes_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn refused_connections_are_reported_not_fatal_for_idle() {
+    // A port nothing listens on: every connect fails, and the report says so.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let report = bench(&[
+        "idle",
+        "--url",
+        &format!("ws://{addr}/ws"),
+        "--conns",
+        "5",
+        "--hold",
+        "0s",
+    ]);
+    assert_eq!(n(&report, "opened"), 0);
+    assert_eq!(n(&report, "failed"), 5);
+    let errors = report["errors"].as_object().unwrap();
+    assert!(errors.keys().any(|k| k.starts_with("connect")), "{report}");
+}
+
+#[test]
+fn help_explains_scaling() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wshub-bench"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "127.0.0.2",
+        "RLIMIT_NOFILE",
+        "worker",
+        "--workers",
+        "--drain",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}: {help}");
+    }
+}
