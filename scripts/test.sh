@@ -6,6 +6,7 @@
 #                                              # Autobahn suite (it takes ~15 s against wshub)
 #   WSHUB_AUTOBAHN=fast bash scripts/test.sh   # Autobahn groups 1-7 and 10 only (--fast)
 #   WSHUB_AUTOBAHN=skip bash scripts/test.sh   # no Autobahn (quick local loop)
+#   WSHUB_FUZZ_SECONDS=10 bash scripts/test.sh # shorter fuzzing
 #
 # Shared tools are found in ../shared beside the checkout (override: WSHUB_SHARED).
 set -euo pipefail
@@ -34,6 +35,9 @@ case "${WSHUB_AUTOBAHN:-full}" in
   *) step "Autobahn|Testsuite (${WSHUB_AUTOBAHN:-full})"
      bash scripts/autobahn.sh "${WSHUB_AUTOBAHN:-full}" ;;
 esac
+
+step "benchmark smoke (correctness of wshub-bench and bench/compare, not speed)"
+bench/compare --smoke
 
 step "fuzzing (${WSHUB_FUZZ_SECONDS:-60}s per target)"
 bash scripts/fuzz.sh "${WSHUB_FUZZ_SECONDS:-60}"

@@ -161,6 +161,33 @@ async fn a_client_that_stops_reading_is_evicted_and_others_still_receive() {
     server.shutdown().await;
 }
 
+/// A client whose TCP window is full stalls our write: it is dropped after `write_wait`,
+/// even though its queue never filled.
+#[tokio::test]
+async fn a_stalled_write_is_dropped_after_write_wait() {
+    let config = Config {
+        send_queue: 100_000,
+        write_wait: Duration::from_millis(500),
+        ..Config::default()
+    };
+    let server = start(config, Broadcast).await;
+    let _stalled = connect(&server).await; // never reads
+    eventually(|| server.hub.connection_count() == 1).await;
+    let chunk = "y".repeat(64 * 1024);
+    // Far more than the socket buffers hold, far less than the queue.
+    for _ in 0..400 {
+        server.hub.broadcast(chunk.clone());
+    }
+    let started = tokio::time::Instant::now();
+    eventually(|| server.hub.connection_count() == 0).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "dropped after {:?}",
+        started.elapsed()
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_sends_1001_to_every_client_and_returns() {
     let server = start(Config::default(), Broadcast).await;

@@ -1,0 +1,235 @@
+"""The engine of bench/compare: start each server pinned to CPU 0, run wshub-bench
+pinned to CPU 1 for each workload, collect its JSON, print and record the comparison."""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+SHARED = os.environ.get("WSHUB_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+OUT = os.path.join(ROOT, "target", "bench")
+BENCH = os.path.join(ROOT, "target", "release", "wshub-bench")
+WSHUB = os.path.join(ROOT, "target", "release", "wshub")
+SERVERS = ["wshub", "seed-go", "node-ws", "bun-uws"]
+
+
+def workloads(smoke):
+    """(label, wshub-bench arguments). Saturation runs are closed loop: K messages in
+    flight in total; the fixed-rate run sends 10 msg/s to 10k clients = 100k deliveries/s."""
+    if smoke:
+        return [
+            ("idle", ["idle", "--conns", "200", "--hold", "1s"]),
+            ("fanout 64 B", ["fanout", "--conns", "100", "--senders", "5", "--in-flight", "8", "--size", "64", "--duration", "2s", "--warmup", "0.5s"]),
+            ("fanout 4 KiB", ["fanout", "--conns", "100", "--senders", "5", "--in-flight", "8", "--size", "4096", "--duration", "2s", "--warmup", "0.5s"]),
+            ("fixed rate", ["fanout", "--conns", "100", "--senders", "5", "--rate", "50", "--size", "64", "--duration", "2s", "--warmup", "0.5s"]),
+            ("churn", ["churn", "--conns", "10", "--cycles", "500"]),
+        ]
+    return [
+        ("idle 1k", ["idle", "--conns", "1000", "--hold", "3s"]),
+        ("idle 10k", ["idle", "--conns", "10000", "--hold", "5s"]),
+        ("idle max", ["idle", "--conns", "19000", "--hold", "5s"]),
+        ("fanout 1k 64 B", ["fanout", "--conns", "1000", "--senders", "10", "--in-flight", "32", "--size", "64", "--duration", "10s"]),
+        ("fanout 1k 4 KiB", ["fanout", "--conns", "1000", "--senders", "10", "--in-flight", "32", "--size", "4096", "--duration", "10s"]),
+        ("fanout 10k 64 B", ["fanout", "--conns", "10000", "--senders", "10", "--in-flight", "8", "--size", "64", "--duration", "10s"]),
+        ("fanout 10k 4 KiB", ["fanout", "--conns", "10000", "--senders", "10", "--in-flight", "8", "--size", "4096", "--duration", "10s"]),
+        ("rate 100k/s", ["fanout", "--conns", "10000", "--senders", "10", "--rate", "10", "--size", "64", "--duration", "10s"]),
+        ("churn", ["churn", "--conns", "100", "--cycles", "20000"]),
+    ]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_accept(port, proc, limit=20.0):
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def build(servers, work):
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "wshub-server", "-p", "wshub-bench"], cwd=ROOT, check=True)
+    commands = {}
+    peers = os.path.join(SHARED, "peers")
+    if "wshub" in servers:
+        commands["wshub"] = lambda port: [WSHUB, "serve", "--bind", f"127.0.0.1:{port}", "--send-queue", "4096", "--log-format", "json"]
+    if "seed-go" in servers:
+        out = os.path.join(work, "seed-go")
+        subprocess.run(["bash", os.path.join(peers, "seed-go", "build.sh"), out], check=True)
+        commands["seed-go"] = lambda port, out=out: [os.path.join(out, "seed-go"), "-addr", f"127.0.0.1:{port}",
+                                            "-html", os.path.join(peers, "seed-go", "home.html"),
+                                            "-static", os.path.join(peers, "seed-go", "static")]
+    if "node-ws" in servers:
+        out = os.path.join(work, "node-ws")
+        subprocess.run(["bash", os.path.join(peers, "node-ws", "build.sh"), out], check=True)
+        commands["node-ws"] = lambda port, out=out: ["node", os.path.join(out, "server.js"), "--port", str(port), "--host", "127.0.0.1"]
+    if "bun-uws" in servers:
+        out = os.path.join(work, "bun-uws")
+        subprocess.run(["bash", os.path.join(peers, "bun-uws", "build.sh"), out], check=True)
+        bun = os.path.join(out, "node_modules", "@oven", "bun-linux-x64", "bin", "bun")
+        commands["bun-uws"] = lambda port, bun=bun, out=out: [bun, os.path.join(out, "server.js"), "--port", str(port), "--host", "127.0.0.1"]
+    return commands
+
+
+def run_one(server, command, label, args, log):
+    port = free_port()
+    proc = subprocess.Popen(["taskset", "-c", "0"] + command(port), stdout=log, stderr=log)
+    try:
+        if not wait_accept(port, proc):
+            return {"error": f"{server} did not start"}
+        cmd = ["taskset", "-c", "1", BENCH] + args + ["--url", f"ws://127.0.0.1:{port}/ws", "--server-pid", str(proc.pid), "--json"]
+        print(f"  $ {' '.join(cmd[3:])}", flush=True)
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=600)
+        try:
+            return json.loads(done.stdout.strip().splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            return {"error": f"wshub-bench exit {done.returncode}: {done.stdout[-400:]}"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def figures(result):
+    """The figures compared for one run: (name, value, higher_is_better, format)."""
+    if "error" in result:
+        return []
+    scenario = result.get("scenario")
+    server = result.get("server") or {}
+    out = []
+    if scenario == "idle":
+        out.append(("opened", result.get("opened"), True, "{:.0f}"))
+        if server.get("bytes_per_conn") is not None:
+            out.append(("RSS/conn", server["bytes_per_conn"] / 1000, False, "{:.1f} KB"))
+        out.append(("time to open", result.get("time_to_open_s"), False, "{:.2f} s"))
+    elif scenario == "fanout":
+        out.append(("lost", result.get("lost"), False, "{:.0f}"))
+        if server.get("deliveries_per_cpu_s"):
+            out.append(("deliveries/CPU-s", server["deliveries_per_cpu_s"], True, "{:,.0f}"))
+        out.append(("p99", (result.get("latency") or {}).get("p99_ms"), False, "{:.1f} ms"))
+    elif scenario == "churn":
+        if server.get("handshakes_per_cpu_s"):
+            out.append(("handshakes/CPU-s", server["handshakes_per_cpu_s"], True, "{:,.0f}"))
+        out.append(("handshakes/s", result.get("handshakes_per_s"), True, "{:,.0f}"))
+    return out
+
+
+def check(label, result):
+    """Correctness only: everything opened, nothing lost."""
+    problems = []
+    if "error" in result:
+        problems.append(result["error"])
+    for key in ("failed", "lost", "duplicates"):
+        if result.get(key):
+            problems.append(f"{key} = {result[key]}")
+    if result.get("scenario") == "churn" and result.get("ok") != result.get("cycles"):
+        problems.append(f"churn ok {result.get('ok')} of {result.get('cycles')}")
+    return [f"{label}: {p}" for p in problems]
+
+
+def table(results, servers, loads):
+    peers = [s for s in servers if s != "wshub"]
+    head = "| workload | figure | " + " | ".join(servers) + "".join(f" | wshub / {p}" for p in peers) + " |"
+    rows = [head, "|" + "---|" * (2 + len(servers) + len(peers))]
+    for label, _ in loads:
+        names = []
+        for s in servers:
+            for name, *_ in figures(results.get((s, label), {})):
+                if name not in names:
+                    names.append(name)
+        for name in names:
+            cells, values = [], {}
+            for s in servers:
+                r = results.get((s, label), {})
+                if "error" in r:
+                    cells.append("error")
+                    continue
+                match = [(v, hib, fmt) for n, v, hib, fmt in figures(r) if n == name]
+                if not match or match[0][0] is None:
+                    cells.append("–")
+                    continue
+                v, hib, fmt = match[0]
+                values[s] = (v, hib)
+                cells.append(fmt.format(v))
+            ratios = []
+            for p in peers:
+                if "wshub" in values and p in values and values[p][0]:
+                    ratios.append(f"{values['wshub'][0] / values[p][0]:.2f}")
+                else:
+                    ratios.append("–")
+            rows.append(f"| {label} | {name} | " + " | ".join(cells) + "".join(f" | {r}" for r in ratios) + " |")
+    return "\n".join(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--servers", default=None)
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    opts = parser.parse_args()
+    servers = opts.servers.split(",") if opts.servers else (["wshub"] if opts.smoke else SERVERS)
+    loads = workloads(opts.smoke)
+    os.makedirs(OUT, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="wshub-bench-")
+    results, problems = {}, []
+    try:
+        commands = build(servers, work)
+        for server in servers:
+            print(f"== {server}", flush=True)
+            with open(os.path.join(OUT, f"{server}.log"), "w") as log:
+                for label, args in loads:
+                    result = run_one(server, commands[server], label, args, log)
+                    results[(server, label)] = result
+                    name = f"{server}-{label}".replace(" ", "_").replace("/", "")
+                    with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+                        json.dump(result, f, indent=1)
+                    problems += check(f"{server} {label}", result)
+                    shown = ", ".join(fmt.format(v) + " " + n for n, v, _, fmt in figures(result) if v is not None)
+                    print(f"  {label}: {shown or result.get('error')}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    mode = "smoke" if opts.smoke else "full"
+    command = "bench/compare" + (" --smoke" if opts.smoke else "") + (f" --servers {opts.servers}" if opts.servers else "")
+    header = (f"Run {datetime.date.today()} ({mode}): `{command}`; {os.cpu_count()} CPUs, "
+              f"{platform.system()} {platform.release()}; servers on CPU 0, wshub-bench on CPU 1. "
+              "Ratios are wshub / peer (for RSS, latency and time, below 1 is better).")
+    text = header + "\n\n" + table(results, servers, loads) + "\n"
+    with open(os.path.join(OUT, f"compare-{mode}.md"), "w") as f:
+        f.write(text)
+    print("\n" + text)
+    if not opts.smoke and not opts.no_write:
+        path = os.path.join(ROOT, "BENCHMARKS.md")
+        doc = open(path).read()
+        begin, end = "<!-- compare:begin -->", "<!-- compare:end -->"
+        if begin in doc and end in doc:
+            doc = doc[: doc.index(begin) + len(begin)] + "\n" + text + doc[doc.index(end):]
+            open(path, "w").write(doc)
+            print(f"updated {path}")
+    if problems:
+        print("CORRECTNESS PROBLEMS:\n  " + "\n  ".join(problems))
+        sys.exit(1)
+    print("0 lost, all counts as expected")
+
+
+if __name__ == "__main__":
+    main()
