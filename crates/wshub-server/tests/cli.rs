@@ -10,7 +10,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
 use std::sync::mpsc;
 
 use common::*;
@@ -169,28 +168,18 @@ async fn serve_is_a_working_chat_demo() {
     assert_eq!(next_data(&mut a).await, Frame::text("hello from a"));
     assert_eq!(next_data(&mut b).await, Frame::text("hello from a"));
 
-    let page = reqwest_get(server.addr, "/").await;
+    let page = http(
+        server.addr,
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            server.addr
+        ),
+    )
+    .await;
     assert!(
         page.contains(&format!("{}/ws", server.addr)),
         "home page points at /ws"
     );
-}
-
-async fn reqwest_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, stream.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    out
 }
 
 #[tokio::test]
@@ -332,20 +321,13 @@ async fn webhook_mode_posts_each_message_as_json() {
 async fn broadcast_api_through_the_binary() {
     let server = Server::start(&["--api-key", "k3y"], &[]);
     let mut ws = connect(&server.url()).await;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let post = |key: &str| {
         format!(
             "POST /api/broadcast HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
         )
     };
     for (key, expected) in [("wrong", "401"), ("k3y", "200")] {
-        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        stream.write_all(post(key).as_bytes()).await.unwrap();
-        let mut out = String::new();
-        tokio::time::timeout(WAIT, stream.read_to_string(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
+        let out = http(server.addr, post(key)).await;
         assert!(out.starts_with(&format!("HTTP/1.1 {expected}")), "{out}");
         if expected == "200" {
             assert!(out.contains(r#"{"recipients":1}"#), "{out}");
