@@ -2,8 +2,7 @@
 //! they reach a connection's read/write loop without a socket or an HTTP handshake.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::{Broadcast, Config, Hub, connection};
 
@@ -25,7 +24,6 @@ pub async fn connection(client_bytes: Vec<u8>) {
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(1024))
         .max_frame_size(Some(1024));
-    let ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(ws_config)).await;
     let peer = tokio::spawn(async move {
         let (mut read, mut write) = tokio::io::split(&mut client);
         let writing = async {
@@ -41,7 +39,8 @@ pub async fn connection(client_bytes: Vec<u8>) {
         uri: http::Uri::from_static("/ws"),
         headers: http::HeaderMap::new(),
     };
-    connection::run(ws, hub.clone(), hub.register(admission), request).await;
+    let upgrade = std::future::ready(Some(server));
+    connection::run(upgrade, ws_config, hub.register(admission), request).await;
     let _ = peer.await;
     assert_eq!(hub.connection_count(), 0, "the connection is forgotten");
 }

@@ -44,7 +44,8 @@ impl ConnInfo {
     pub fn query(&self) -> Option<&str> {
         self.uri.query()
     }
-    /// The upgrade request's headers.
+    /// The upgrade request's headers, less the handshake's own (`Connection`, `Upgrade`,
+    /// `Sec-WebSocket-Key`, `-Version`, `-Extensions`), which mean nothing once it is open.
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }

@@ -314,7 +314,7 @@ impl Drop for Admission {
 /// the admission) ends the connection's count, so [`Hub::shutdown`] waits for the task
 /// itself to finish.
 pub(crate) struct Registration {
-    hub: Hub,
+    pub(crate) hub: Hub,
     pub(crate) id: ConnId,
     pub(crate) outbox: Arc<Outbox>,
     _admission: Admission,

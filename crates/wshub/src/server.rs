@@ -37,8 +37,41 @@ pub async fn serve(
     // Each HTTP connection task holds a receiver: `send(true)` asks them to finish their
     // current request and stop; `closed()` resolves once every task has ended.
     let (stop_http, stop_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
+    // The accept loop runs as a task of its own, on a runtime worker: callers usually
+    // `block_on(serve(..))`, and an accept loop left on that thread would need a
+    // cross-thread wake-up (a futex) for every accepted connection.
+    let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+    let acceptor = tokio::spawn(accept_loop(
+        listener,
+        router,
+        http,
+        stop_rx.clone(),
+        accepting_stopped,
+    ));
+    shutdown.await;
+    let _ = stop_accepting.send(());
+    // The listener is dropped when the loop ends: new connections are refused from here.
+    let _ = acceptor.await;
 
+    tracing::info!("shutting down: closing connections");
+    let left = hub.shutdown().await;
+    if left > 0 {
+        tracing::warn!(left, "drain timeout: connections still open");
+    }
+    let _ = stop_http.send(true);
+    drop(stop_rx);
+    let _ = tokio::time::timeout(hub.config().drain_timeout, stop_http.closed()).await;
+    Ok(())
+}
+
+/// Accepts connections and spawns one HTTP connection task for each, until `stop` fires.
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    http: hyper::server::conn::http1::Builder,
+    stop_rx: watch::Receiver<bool>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -50,7 +83,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            _ = &mut stop => return,
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
@@ -62,12 +95,12 @@ pub async fn serve(
         let connection = http
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
-        let mut stop = stop_rx.clone();
+        let mut stop_http = stop_rx.clone();
         tokio::spawn(async move {
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
-                _ = stop.changed() => {
+                _ = stop_http.changed() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -77,15 +110,4 @@ pub async fn serve(
             }
         });
     }
-
-    drop(listener);
-    tracing::info!("shutting down: closing connections");
-    let left = hub.shutdown().await;
-    if left > 0 {
-        tracing::warn!(left, "drain timeout: connections still open");
-    }
-    let _ = stop_http.send(true);
-    drop(stop_rx);
-    let _ = tokio::time::timeout(hub.config().drain_timeout, stop_http.closed()).await;
-    Ok(())
 }

@@ -12,9 +12,8 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Config;
 use crate::connection;
@@ -78,26 +77,23 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
     let (parts, _body) = request.into_parts();
     let request = connection::Request {
         remote_addr,
-        uri: parts.uri,
-        headers: parts.headers,
+        // Like the header values, hyper's URI is a slice of its read buffer: copy it.
+        uri: http::Uri::try_from(parts.uri.to_string()).unwrap_or_default(),
+        headers: kept_headers(&parts.headers),
     };
     let ws_config = websocket_config(hub.config());
-    tokio::spawn(async move {
+    // One task for the connection's whole life: it waits for hyper to hand over the socket
+    // (after our 101 is written), then runs the connection in place.
+    let upgrade = async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config),
-                )
-                .await;
-                // A task of its own: this one (and its copy of the request) ends here,
-                // and the connection's task holds only what the connection needs.
-                tokio::spawn(connection::run(ws, hub, registration, request));
+            Ok(upgraded) => Some(TokioIo::new(upgraded)),
+            Err(error) => {
+                tracing::debug!(%error, "upgrade failed");
+                None
             }
-            Err(error) => tracing::debug!(%error, "upgrade failed"),
         }
-    });
+    };
+    tokio::spawn(connection::run(upgrade, ws_config, registration, request));
 
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();
@@ -107,6 +103,40 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     response
+}
+
+/// The request headers a connection keeps for its handler, in memory of their own.
+///
+/// hyper's header values are slices of its 8 KiB read buffer: keeping them would keep that
+/// whole buffer alive for the life of every connection (measured: 8 KiB of heap each). We
+/// copy the values into one buffer of the right size and leave out the handshake's own
+/// headers, which mean nothing once the connection is open.
+fn kept_headers(headers: &HeaderMap) -> HeaderMap {
+    let handshake_only = |name: &header::HeaderName| {
+        name == header::SEC_WEBSOCKET_KEY
+            || name == header::SEC_WEBSOCKET_VERSION
+            || name == header::SEC_WEBSOCKET_EXTENSIONS
+            || name == header::UPGRADE
+            || name == header::CONNECTION
+    };
+    let kept = || headers.iter().filter(|(name, _)| !handshake_only(name));
+    let mut values = bytes::BytesMut::with_capacity(kept().map(|(_, v)| v.len()).sum());
+    for (_, value) in kept() {
+        values.extend_from_slice(value.as_bytes());
+    }
+    let values = values.freeze();
+    let mut copy = HeaderMap::with_capacity(kept().count());
+    let mut start = 0;
+    for (name, value) in kept() {
+        let end = start + value.len();
+        // The bytes were a valid header value a moment ago, so this cannot fail; if it
+        // ever did, the header is left out rather than the connection refused.
+        if let Ok(value) = HeaderValue::from_maybe_shared(values.slice(start..end)) {
+            copy.append(name.clone(), value);
+        }
+        start = end;
+    }
+    copy
 }
 
 /// The WebSocket layer's limits, from the hub's config.

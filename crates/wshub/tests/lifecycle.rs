@@ -231,6 +231,12 @@ async fn a_peer_close_is_answered_and_forgotten() {
 async fn churn_of_10000_connections_leaves_nothing_behind() {
     let server = start(Config::default(), Broadcast).await;
     let metrics = tokio::runtime::Handle::current().metrics();
+    // The baseline is a served, idle server: its `serve` task and its accept loop.
+    let mut warm_up = connect(&server).await;
+    warm_up.close(None).await.unwrap();
+    while let Some(Ok(_)) = warm_up.next().await {}
+    eventually(|| server.hub.connection_count() == 0).await;
+    eventually(|| metrics.num_alive_tasks() == 2).await;
     let tasks_before = metrics.num_alive_tasks();
     const CYCLES: usize = 10_000;
     const PARALLEL: usize = 32;
