@@ -184,6 +184,36 @@ pub const KEYS: &[Key] = &[
         "Open connections per client IP at most; over it, 503. 0: no limit. Behind a proxy every client shares its IP.",
     ),
     key(
+        "channels",
+        Kind::List,
+        "[\"*\"]",
+        "Channel names wshub.v1 clients may use: exact names or prefixes ending in `*` (\"chat:*\"); [\"*\"] admits all. Others get error 404.",
+    ),
+    key(
+        "client_publish",
+        Kind::Choice(&["true", "false"]),
+        "true",
+        "Whether wshub.v1 clients may publish to channels (false: only the publish API; clients get error 403).",
+    ),
+    key(
+        "history_size",
+        Kind::Count,
+        "100",
+        "Publications kept per channel for history and recovery after a reconnect; 0 keeps none.",
+    ),
+    key(
+        "history_ttl",
+        Kind::Duration,
+        "\"300s\"",
+        "How long a publication stays in a channel's history.",
+    ),
+    key(
+        "max_subscriptions",
+        Kind::Count,
+        "128",
+        "Channels one connection may subscribe to at once; over it, error 429. 0: no limit.",
+    ),
+    key(
         "drain_timeout",
         Kind::Duration,
         "\"5s\"",
@@ -360,6 +390,11 @@ impl Settings {
             handshake_timeout: self.duration("handshake_timeout"),
             max_connections: self.count("max_connections"),
             max_connections_per_ip: self.count("max_connections_per_ip"),
+            channels: self.list("channels"),
+            client_publish: self.text("client_publish") == "true",
+            history_size: self.count("history_size"),
+            history_ttl: self.duration("history_ttl"),
+            max_subscriptions: self.count("max_subscriptions"),
         }
     }
 }
@@ -408,6 +443,7 @@ fn from_toml(key: &Key, raw: &toml::Value) -> Result<Value, String> {
             .collect::<Result<_, _>>()
             .map(Value::List),
         (_, toml::Value::String(s)) => from_text(key, s),
+        (Kind::Choice(_), toml::Value::Boolean(b)) => from_text(key, &b.to_string()),
         (kind, other) => Err(format!("expected {}, got {other}", describe(kind))),
     }
 }

@@ -34,6 +34,17 @@ pub struct Config {
     pub max_connections: usize,
     /// Open connections per client IP address at most (0 = no limit); over it, 503.
     pub max_connections_per_ip: usize,
+    /// Channel names clients may use: exact names, or prefixes ending in `*` (`chat:*`);
+    /// `*` alone admits every name. Others get error 404 (unknown channel).
+    pub channels: Vec<String>,
+    /// Whether `wshub.v1` clients may publish (otherwise only the server: error 403).
+    pub client_publish: bool,
+    /// Publications kept per channel for history and recovery (0: none).
+    pub history_size: usize,
+    /// How long a publication stays in history.
+    pub history_ttl: Duration,
+    /// Channels one connection may be subscribed to at once (0 = no limit); over it, 429.
+    pub max_subscriptions: usize,
 }
 
 impl Default for Config {
@@ -51,6 +62,11 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 0,
             max_connections_per_ip: 0,
+            channels: vec!["*".to_owned()],
+            client_publish: true,
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            max_subscriptions: 128,
         }
     }
 }
@@ -109,6 +125,23 @@ impl Config {
                 ),
             );
         }
+        if self.history_size > 0 && self.history_ttl.is_zero() {
+            return err(
+                "history_ttl",
+                "must be longer than 0 when history_size is set".into(),
+            );
+        }
+        for pattern in &self.channels {
+            let stem = pattern.strip_suffix('*').unwrap_or(pattern);
+            if (pattern.is_empty() || stem.contains('*'))
+                || pattern.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return err(
+                    "channels",
+                    format!("`{pattern}` is not a channel name or a prefix ending in `*`"),
+                );
+            }
+        }
         for origin in &self.allowed_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return err(
@@ -118,6 +151,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Whether a `channels` pattern admits this channel name.
+    pub fn channel_allowed(&self, channel: &str) -> bool {
+        self.channels
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => channel.starts_with(prefix),
+                None => pattern == channel,
+            })
     }
 }
 

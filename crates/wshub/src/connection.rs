@@ -22,6 +22,7 @@ use crate::handler::ConnInfo;
 use crate::hub::{Hub, Registration};
 use crate::message::{CloseReason, Message};
 use crate::outbox::Drained;
+use crate::session::Session;
 
 /// How long we wait for the peer's close frame after sending ours ("wait briefly").
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -39,6 +40,8 @@ pub(crate) struct Request {
     pub(crate) remote_addr: Option<std::net::SocketAddr>,
     pub(crate) uri: http::Uri,
     pub(crate) headers: http::HeaderMap,
+    /// The client chose the `wshub.v1` subprotocol: frames are commands, not messages.
+    pub(crate) structured: bool,
 }
 
 /// Runs one connection to its end: waits for the upgraded socket (`upgrade` yields `None`
@@ -64,6 +67,7 @@ where
         uri: request.uri,
         headers: request.headers,
     };
+    let structured = request.structured;
     async move {
         let Some(socket) = upgrade.await else {
             return; // dropping the registration leaves the hub
@@ -73,11 +77,15 @@ where
         tracing::debug!(conn_id = %info.id, remote = ?info.remote_addr, "connected");
         hub.handler().on_connect(hub, &info).await;
 
-        let end = pump(&mut ws, hub, &info, &registration).await;
+        let mut session = structured.then(Box::<Session>::default);
+        let end = pump(&mut ws, hub, &info, &registration, &mut session).await;
         // Boxed for the same reason as the writes in `pump`: it runs once, at the end.
         let reason = Box::pin(finish(&mut ws, end, &registration, hub.config().write_wait)).await;
 
         registration.leave();
+        if let Some(session) = session {
+            session.end(hub, &registration).await;
+        }
         tracing::debug!(conn_id = %info.id, code = reason.code, reason = %reason.reason, "disconnected");
         hub.handler().on_disconnect(hub, &info, &reason).await;
         drop(registration);
@@ -90,6 +98,7 @@ async fn pump<S>(
     hub: &Hub,
     info: &ConnInfo,
     registration: &Registration,
+    session: &mut Option<Box<Session>>,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -129,7 +138,11 @@ where
                 match frame {
                     Some(Ok(frame @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_)))) => {
                         if let Some(message) = Message::from_frame(frame) {
-                            hub.handler().on_message(hub, info, message).await;
+                            match session {
+                                // Boxed: a command in progress should not size every idle task.
+                                Some(session) => Box::pin(session.handle(hub, registration, message)).await,
+                                None => hub.handler().on_message(hub, info, message).await,
+                            }
                         }
                     }
                     Some(Ok(tungstenite::Message::Ping(_))) => {
@@ -323,6 +336,7 @@ mod tests {
             remote_addr: None,
             uri: http::Uri::default(),
             headers: http::HeaderMap::new(),
+            structured: false,
         };
         let upgrade = std::future::ready(None::<tokio::io::DuplexStream>);
         let future = run(upgrade, WebSocketConfig::default(), registration, request);

@@ -38,6 +38,7 @@ pub async fn connection(client_bytes: Vec<u8>) {
         remote_addr: None,
         uri: http::Uri::from_static("/ws"),
         headers: http::HeaderMap::new(),
+        structured: false,
     };
     let upgrade = std::future::ready(Some(server));
     connection::run(upgrade, ws_config, hub.register(admission), request).await;

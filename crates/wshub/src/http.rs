@@ -47,7 +47,7 @@ impl Default for Site {
 }
 
 /// The whole HTTP surface for `hub`: `/`, `/static/`, `/ws` and, with an API key,
-/// `POST /api/broadcast` and `GET /api/stats`.
+/// `POST /api/broadcast`, `POST /api/publish`, `GET /api/channels` and `GET /api/stats`.
 pub fn router(hub: Hub, site: Site) -> Router {
     let mut router = Router::new()
         .route("/", get(home).with_state(Arc::new(site.home_template)))
@@ -64,6 +64,13 @@ pub fn router(hub: Hub, site: Site) -> Router {
                     .with_state(api.clone())
                     .layer(DefaultBodyLimit::max(site.api_max_body_size)),
             )
+            .route(
+                "/api/publish",
+                post(api_publish)
+                    .with_state(api.clone())
+                    .layer(DefaultBodyLimit::max(site.api_max_body_size)),
+            )
+            .route("/api/channels", get(api_channels).with_state(api.clone()))
             .route("/api/stats", get(api_stats).with_state(api));
     }
     router.fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
@@ -156,6 +163,57 @@ async fn api_broadcast(State(api): State<Arc<Api>>, headers: HeaderMap, body: By
     };
     let recipients = api.hub.broadcast(message);
     axum::Json(serde_json::json!({ "recipients": recipients })).into_response()
+}
+
+/// `POST /api/publish` with `{"channel": "…", "data": <any JSON>}`: publishes to the
+/// channel's subscribers and history. Answers `{"epoch", "offset"}`; 400 for a body that is
+/// not that shape (with the JSON error's position) or a bad channel name, 404 for a channel
+/// no `channels` pattern admits.
+async fn api_publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(why) = authorize(&headers, &api.key) {
+        return unauthorized(why);
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Publish {
+        channel: String,
+        data: Box<serde_json::value::RawValue>,
+    }
+    let request: Publish = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"channel\": \"…\", \"data\": …}}: {error}"),
+            );
+        }
+    };
+    match api.hub.publish(&request.channel, &*request.data).await {
+        Ok(position) => axum::Json(serde_json::json!({
+            "epoch": &*position.epoch,
+            "offset": position.offset,
+        }))
+        .into_response(),
+        Err(error) => json_error(
+            StatusCode::from_u16(error.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &error.message,
+        ),
+    }
+}
+
+/// `GET /api/channels`: `{"channels": [{"name", "subscribers"}]}`, channels with
+/// subscribers on this node, sorted by name.
+async fn api_channels(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Err(why) = authorize(&headers, &api.key) {
+        return unauthorized(why);
+    }
+    let channels: Vec<_> = api
+        .hub
+        .channels()
+        .into_iter()
+        .map(|(name, subscribers)| serde_json::json!({ "name": name, "subscribers": subscribers }))
+        .collect();
+    axum::Json(serde_json::json!({ "channels": channels })).into_response()
 }
 
 /// `GET /api/stats`: `{"connections": N, "tasks": M}`, for monitoring and for tests that

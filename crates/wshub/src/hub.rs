@@ -16,10 +16,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use crate::broker::{Broker, Event, History, HistoryLimits, Member, MemoryBroker, StreamPosition};
+use crate::channels::Channels;
 use crate::config::{Config, ConfigError};
 use crate::handler::{DynHandler, Handler};
 use crate::message::{CloseReason, Message};
 use crate::outbox::{Outbox, PushError};
+use crate::protocol::ProtocolError;
 
 /// Registry shards: enough that broadcasts and registrations on different cores rarely
 /// meet on one lock, few enough that a broadcast's walk over them stays cheap.
@@ -90,6 +93,10 @@ struct Inner {
     closing: AtomicBool,
     /// Open connections per client address; only kept when `max_connections_per_ip` is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Channel subscribers on this node.
+    channels: Arc<Channels>,
+    /// Orders, keeps and spreads channel publications; delivers them back to `channels`.
+    broker: Arc<dyn Broker>,
 }
 
 /// Why a new connection is refused before its upgrade (the server answers 503).
@@ -113,11 +120,30 @@ impl std::fmt::Debug for Hub {
 }
 
 impl Hub {
-    /// A hub with the given limits, calling `handler` for every connection event.
+    /// A hub with the given limits, calling `handler` for every connection event, with
+    /// channels kept in this process ([`MemoryBroker`], history as configured).
     /// Fails if the config is not valid (see [`Config::validate`]).
     pub fn new(config: Config, handler: impl Handler) -> Result<Hub, ConfigError> {
+        let broker = MemoryBroker::new(HistoryLimits {
+            size: config.history_size,
+            ttl: config.history_ttl,
+        });
+        Hub::with_broker(config, handler, broker)
+    }
+
+    /// A hub whose channels go through `broker` (to share them with other nodes).
+    pub fn with_broker(
+        config: Config,
+        handler: impl Handler,
+        broker: impl Broker,
+    ) -> Result<Hub, ConfigError> {
         config.validate()?;
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        let channels = Arc::new(Channels::new());
+        let sink = channels.clone();
+        broker.start(Arc::new(move |channel: &str, event: Event| {
+            sink.deliver(channel, event);
+        }));
         Ok(Hub {
             inner: Arc::new(Inner {
                 config,
@@ -128,8 +154,116 @@ impl Hub {
                 emptied: Notify::new(),
                 closing: AtomicBool::new(false),
                 per_ip: Mutex::new(HashMap::new()),
+                channels,
+                broker: Arc::new(broker),
             }),
         })
+    }
+
+    pub(crate) fn channel_registry(&self) -> &Channels {
+        &self.inner.channels
+    }
+
+    pub(crate) fn broker(&self) -> &dyn Broker {
+        &*self.inner.broker
+    }
+
+    /// Checks a channel name against the naming rules and the `channels` patterns:
+    /// 400 for a bad name, 404 when no pattern admits it.
+    pub fn check_channel(&self, channel: &str) -> Result<(), ProtocolError> {
+        if channel.is_empty() || channel.len() > 255 {
+            return Err(ProtocolError::new(
+                400,
+                "invalid channel name: 1 to 255 bytes",
+            ));
+        }
+        if channel.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ProtocolError::new(
+                400,
+                format!("invalid channel name {channel:?}: no spaces or control characters"),
+            ));
+        }
+        if !self.inner.config.channel_allowed(channel) {
+            return Err(ProtocolError::new(
+                404,
+                format!(
+                    "unknown channel `{channel}`: no pattern in `channels` ({}) matches it",
+                    self.inner.config.channels.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Publishes `data` (any value that serializes to JSON) to `channel`: every subscriber
+    /// receives it with its offset, and it is kept in the channel's history.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: &(impl serde::Serialize + ?Sized),
+    ) -> Result<StreamPosition, ProtocolError> {
+        self.check_channel(channel)?;
+        let data = serde_json::to_vec(data)
+            .map_err(|e| ProtocolError::new(400, format!("data is not JSON: {e}")))?;
+        let publication = self
+            .broker()
+            .publish(channel, data.into())
+            .await
+            .map_err(|e| ProtocolError::new(500, e.to_string()))?;
+        Ok(StreamPosition {
+            epoch: publication.epoch,
+            offset: publication.offset,
+        })
+    }
+
+    /// Who is subscribed to `channel` (on every node the broker spans).
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Member>, ProtocolError> {
+        self.check_channel(channel)?;
+        self.broker()
+            .presence(channel)
+            .await
+            .map_err(|e| ProtocolError::new(500, e.to_string()))
+    }
+
+    /// The channel's position and retained publications: after `since`, or the newest
+    /// `limit` (all retained when `limit` is `None`).
+    pub async fn history(
+        &self,
+        channel: &str,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+    ) -> Result<History, ProtocolError> {
+        self.check_channel(channel)?;
+        let limit = limit.or(Some(usize::MAX));
+        self.broker()
+            .history(channel, since, limit)
+            .await
+            .map_err(|e| ProtocolError::new(500, e.to_string()))
+    }
+
+    /// Channels with subscribers on this node, with how many, sorted by name.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        self.inner
+            .channels
+            .list()
+            .into_iter()
+            .map(|(name, count)| (name.to_string(), count))
+            .collect()
+    }
+
+    /// Removes a connection from a channel: presence leave, and the node's interest when
+    /// it was the last subscriber here.
+    pub(crate) async fn leave_channel(&self, channel: &str, id: ConnId) {
+        let (was, last) = self.inner.channels.remove(channel, id);
+        if !was {
+            return;
+        }
+        if let Err(error) = self.broker().leave(channel, Member { conn: id }).await {
+            tracing::warn!(%error, channel, "presence leave failed");
+        }
+        if last && let Err(error) = self.broker().unsubscribe(channel).await {
+            tracing::warn!(%error, channel, "broker unsubscribe failed");
+        }
     }
 
     /// The hub's configuration.

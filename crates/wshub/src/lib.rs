@@ -26,12 +26,18 @@
 //! - `message`: [`Message`] (text/binary, shared payload) and [`CloseReason`].
 //! - `handler`: the application's [`Handler`] callbacks and [`ConnInfo`].
 //! - `hub`: [`Hub`], the sharded registry and the non-blocking fan-out.
+//! - `protocol`: the `wshub.v1` wire format (commands, replies, pushes); no state.
+//! - `session`: what a `wshub.v1` connection's commands do; its subscriptions.
+//! - `channels`: channel subscribers on this node; exact recovery (buffer, then merge).
+//! - `broker`: the [`Broker`] seam (ordering, history, presence) and [`MemoryBroker`].
 //! - `outbox`: a connection's bounded queue; full means slow consumer.
 //! - `connection`: one task per connection: read pump + write pump, pings, deadlines, close.
 //! - `upgrade`: HTTP → WebSocket checks (version, key, origin) and the 101.
 //! - `http`: the HTTP surface ([`router`]): home page, static files, `/ws`, publish API.
 //! - `server`: [`serve`]: the accept loop, handshake limits and graceful shutdown.
 
+mod broker;
+mod channels;
 mod config;
 mod connection;
 mod handler;
@@ -39,16 +45,23 @@ mod http;
 mod hub;
 mod message;
 mod outbox;
+mod protocol;
 mod server;
+mod session;
 mod upgrade;
 
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use broker::{
+    Broker, BrokerError, BrokerFuture, Deliver, Event, History, HistoryLimits, Member,
+    MemoryBroker, Publication, StreamPosition,
+};
 pub use config::{Config, ConfigError, format_duration};
 pub use handler::{Broadcast, ConnInfo, Handler};
 pub use http::{DEFAULT_HOME_TEMPLATE, Site, router};
 pub use hub::{ConnId, Hub, SendError};
 pub use message::{CloseReason, Message};
+pub use protocol::{ProtocolError, SUBPROTOCOL};
 pub use server::{MAX_HEADER_BYTES, serve};

@@ -74,12 +74,21 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
     // Registered before the 101 goes out: a client that has seen the 101 receives every
     // broadcast from then on (queued until its socket is ready).
     let registration = hub.register(admission);
+    // `wshub.v1` when the client offers it; otherwise raw mode (no subprotocol header).
+    let structured = request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|offered| offered.trim() == crate::protocol::SUBPROTOCOL);
     let (parts, _body) = request.into_parts();
     let request = connection::Request {
         remote_addr,
         // Like the header values, hyper's URI is a slice of its read buffer: copy it.
         uri: http::Uri::try_from(parts.uri.to_string()).unwrap_or_default(),
         headers: kept_headers(&parts.headers),
+        structured,
     };
     let ws_config = websocket_config(hub.config());
     // One task for the connection's whole life: it waits for hyper to hand over the socket
@@ -101,6 +110,12 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if structured {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(crate::protocol::SUBPROTOCOL),
+        );
     }
     response
 }

@@ -1,0 +1,197 @@
+//! Channels on this node: who is subscribed to what, and the delivery of a channel's
+//! events to its subscribers' outboxes.
+//!
+//! The broker orders publications; this registry only fans them out, and makes recovery
+//! exact. A subscriber starts out *recovering*: publications that arrive while its history
+//! is being read are buffered, not sent. When the history is in, the reply (with the missed
+//! publications) is queued first, then the buffered ones newer than the history's last
+//! offset, and only then does the subscriber go live, all under the channel's lock. So
+//! every publication reaches it exactly once and in order, whatever the broker's latency.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::broker::{Event, History, Publication};
+use crate::hub::ConnId;
+use crate::message::{CloseReason, Message};
+use crate::outbox::{Outbox, PushError};
+use crate::protocol;
+
+/// Registry shards, by a hash of the channel name.
+const SHARDS: usize = 16;
+
+/// One shard: channels by name.
+type Shard = Mutex<HashMap<Arc<str>, Channel>>;
+
+/// The subscribers of every channel that has one here.
+pub(crate) struct Channels {
+    shards: Box<[Shard]>,
+}
+
+#[derive(Default)]
+struct Channel {
+    subscribers: HashMap<ConnId, Subscriber>,
+}
+
+struct Subscriber {
+    outbox: Arc<Outbox>,
+    presence_events: bool,
+    /// Publications received while the history is read; `None` once live.
+    recovering: Option<Vec<Publication>>,
+}
+
+/// Why a subscription could not be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AddError {
+    AlreadySubscribed,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Queues `message`, evicting the connection if its queue is full (as broadcast does).
+pub(crate) fn push_or_evict(id: ConnId, outbox: &Outbox, message: Message) {
+    if let Err(PushError::Full) = outbox.try_push(message)
+        && outbox.evict(CloseReason::SLOW_CONSUMER)
+    {
+        tracing::info!(conn_id = %id, "evicting slow consumer: send queue full");
+    }
+}
+
+impl Channels {
+    pub(crate) fn new() -> Channels {
+        Channels {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, channel: &str) -> &Shard {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(channel);
+        &self.shards[(hash as usize) % SHARDS]
+    }
+
+    /// Adds a recovering subscriber; returns whether it is the channel's first here.
+    pub(crate) fn add(
+        &self,
+        channel: &str,
+        id: ConnId,
+        outbox: Arc<Outbox>,
+        presence_events: bool,
+    ) -> Result<bool, AddError> {
+        let mut shard = lock(self.shard(channel));
+        let entry = shard.entry(channel.into()).or_default();
+        if entry.subscribers.contains_key(&id) {
+            return Err(AddError::AlreadySubscribed);
+        }
+        let first = entry.subscribers.is_empty();
+        entry.subscribers.insert(
+            id,
+            Subscriber {
+                outbox,
+                presence_events,
+                recovering: Some(Vec::new()),
+            },
+        );
+        Ok(first)
+    }
+
+    /// Ends a subscriber's recovery: queues `reply` (built from the history), then what
+    /// arrived meanwhile and is newer than the history, and makes it live.
+    pub(crate) fn go_live(&self, channel: &str, id: ConnId, history: &History, reply: Message) {
+        let mut shard = lock(self.shard(channel));
+        let Some(subscriber) = shard
+            .get_mut(channel)
+            .and_then(|c| c.subscribers.get_mut(&id))
+        else {
+            return; // unsubscribed or disconnected meanwhile
+        };
+        let buffered = subscriber.recovering.take().unwrap_or_default();
+        push_or_evict(id, &subscriber.outbox, reply);
+        let last = history
+            .publications
+            .last()
+            .map_or(0, |p| p.offset)
+            .max(history.position.offset);
+        for publication in buffered {
+            let newer = publication.epoch != history.position.epoch || publication.offset > last;
+            if newer {
+                push_or_evict(
+                    id,
+                    &subscriber.outbox,
+                    protocol::push(channel, &publication),
+                );
+            }
+        }
+    }
+
+    /// Removes a subscriber; returns whether it was subscribed and whether the channel has
+    /// no subscriber left here.
+    pub(crate) fn remove(&self, channel: &str, id: ConnId) -> (bool, bool) {
+        let mut shard = lock(self.shard(channel));
+        let Some(entry) = shard.get_mut(channel) else {
+            return (false, false);
+        };
+        let was = entry.subscribers.remove(&id).is_some();
+        let empty = entry.subscribers.is_empty();
+        if empty {
+            shard.remove(channel);
+        }
+        (was, empty)
+    }
+
+    /// Delivers a broker event to the channel's subscribers here; returns how many got it.
+    pub(crate) fn deliver(&self, channel: &str, event: Event) -> usize {
+        let mut shard = lock(self.shard(channel));
+        let Some(entry) = shard.get_mut(channel) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        match event {
+            Event::Publication(publication) => {
+                // Encoded once, shared by every live subscriber.
+                let frame = protocol::push(channel, &publication);
+                for (id, subscriber) in entry.subscribers.iter_mut() {
+                    match &mut subscriber.recovering {
+                        Some(buffer) => buffer.push(publication.clone()),
+                        None => push_or_evict(*id, &subscriber.outbox, frame.clone()),
+                    }
+                    delivered += 1;
+                }
+            }
+            Event::Join(ref member) | Event::Leave(ref member) => {
+                let kind = if matches!(event, Event::Join(_)) {
+                    "join"
+                } else {
+                    "leave"
+                };
+                let frame = protocol::presence_event(channel, kind, member);
+                for (id, subscriber) in entry.subscribers.iter() {
+                    if subscriber.presence_events && subscriber.recovering.is_none() {
+                        push_or_evict(*id, &subscriber.outbox, frame.clone());
+                        delivered += 1;
+                    }
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Every channel with subscribers here, with their count, sorted by name.
+    pub(crate) fn list(&self) -> Vec<(Arc<str>, usize)> {
+        let mut all: Vec<(Arc<str>, usize)> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                lock(shard)
+                    .iter()
+                    .map(|(name, c)| (name.clone(), c.subscribers.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort();
+        all
+    }
+}

@@ -1,0 +1,201 @@
+//! A `wshub.v1` connection's commands: what each does, and the subscriptions it holds.
+//!
+//! The connection hands every inbound frame here instead of to the application's handler
+//! when the client chose the `wshub.v1` subprotocol. A bad command gets an error reply and
+//! the connection carries on. Replies go into the connection's own outbox, in order with
+//! the pushes, so a subscribe reply always comes before the channel's next publication.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use crate::broker::{Member, StreamPosition};
+use crate::channels::{AddError, push_or_evict};
+use crate::hub::{Hub, Registration};
+use crate::message::Message;
+use crate::protocol::{self, Command, ProtocolError};
+
+/// The subscriptions of one `wshub.v1` connection.
+#[derive(Default)]
+pub(crate) struct Session {
+    subscriptions: HashSet<Arc<str>>,
+}
+
+const COMMANDS: &str = "subscribe, unsubscribe, publish, presence, history, ping";
+
+impl Session {
+    /// Runs one inbound frame as a command and queues the reply.
+    pub(crate) async fn handle(&mut self, hub: &Hub, registration: &Registration, frame: Message) {
+        let reply = match frame.as_text() {
+            None => protocol::error(
+                None,
+                &ProtocolError::new(
+                    400,
+                    "binary frames are not wshub.v1 commands: send JSON text",
+                ),
+            ),
+            Some(text) => match protocol::parse(text) {
+                Err((id, error)) => protocol::error(id.as_deref(), &error),
+                Ok(command) => {
+                    let id = command.id.clone();
+                    match self.run(hub, registration, command).await {
+                        Ok(Some(result)) => protocol::reply(id.as_deref(), &result),
+                        Ok(None) => return, // subscribe queued its own reply
+                        Err(error) => protocol::error(id.as_deref(), &error),
+                    }
+                }
+            },
+        };
+        push_or_evict(registration.id, &registration.outbox, reply);
+    }
+
+    async fn run(
+        &mut self,
+        hub: &Hub,
+        registration: &Registration,
+        command: Command,
+    ) -> Result<Option<String>, ProtocolError> {
+        let channel = || {
+            command.channel.as_deref().ok_or_else(|| {
+                ProtocolError::new(400, format!("`{}` needs a `channel`", command.cmd))
+            })
+        };
+        match command.cmd.as_str() {
+            "ping" => Ok(Some("{}".to_owned())),
+            "subscribe" => {
+                let channel = channel()?;
+                hub.check_channel(channel)?;
+                let limit = hub.config().max_subscriptions;
+                if limit > 0 && self.subscriptions.len() >= limit {
+                    return Err(ProtocolError::new(
+                        429,
+                        format!("too many subscriptions: {limit} (max_subscriptions)"),
+                    ));
+                }
+                let since = command.since.map(StreamPosition::from);
+                self.subscribe(
+                    hub,
+                    registration,
+                    channel,
+                    since,
+                    command.presence_events,
+                    command.id.as_deref(),
+                )
+                .await?;
+                Ok(None)
+            }
+            "unsubscribe" => {
+                let channel = channel()?;
+                if !self.subscriptions.remove(channel) {
+                    return Err(ProtocolError::new(
+                        409,
+                        format!("not subscribed to `{channel}`"),
+                    ));
+                }
+                hub.leave_channel(channel, registration.id).await;
+                Ok(Some("{}".to_owned()))
+            }
+            "publish" => {
+                let channel = channel()?;
+                if !hub.config().client_publish {
+                    return Err(ProtocolError::new(
+                        403,
+                        "clients may not publish here (client_publish = false)",
+                    ));
+                }
+                let data = command
+                    .data
+                    .ok_or_else(|| ProtocolError::new(400, "`publish` needs `data`"))?;
+                let position = hub.publish(channel, &*data).await?;
+                Ok(Some(protocol::position(&position, "")))
+            }
+            "presence" => {
+                let channel = channel()?;
+                let members = hub.presence(channel).await?;
+                Ok(Some(protocol::members(&members)))
+            }
+            "history" => {
+                let channel = channel()?;
+                let since = command.since.map(StreamPosition::from);
+                let asked = since.is_some();
+                let history = hub.history(channel, since, command.limit).await?;
+                let recovered = if asked {
+                    format!(r#","recovered":{}"#, history.recovered)
+                } else {
+                    String::new()
+                };
+                let extra = format!("{recovered}{}", protocol::publications(channel, &history));
+                Ok(Some(protocol::position(&history.position, &extra)))
+            }
+            other => Err(ProtocolError::new(
+                405,
+                format!("unknown command `{other}`; expected one of {COMMANDS}"),
+            )),
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        hub: &Hub,
+        registration: &Registration,
+        channel: &str,
+        since: Option<StreamPosition>,
+        presence_events: bool,
+        id: Option<&RawValue>,
+    ) -> Result<(), ProtocolError> {
+        let channels = hub.channel_registry();
+        let broker = hub.broker();
+        let first = channels
+            .add(
+                channel,
+                registration.id,
+                registration.outbox.clone(),
+                presence_events,
+            )
+            .map_err(|AddError::AlreadySubscribed| {
+                ProtocolError::new(409, format!("already subscribed to `{channel}`"))
+            })?;
+        let asked = since.is_some();
+        let history = async {
+            if first {
+                broker.subscribe(channel).await?;
+            }
+            broker.history(channel, since, None).await
+        }
+        .await;
+        let history = match history {
+            Ok(history) => history,
+            Err(error) => {
+                channels.remove(channel, registration.id);
+                return Err(ProtocolError::new(500, error.to_string()));
+            }
+        };
+        let extra = if asked {
+            format!(
+                r#","recovered":{}{}"#,
+                history.recovered,
+                protocol::publications(channel, &history)
+            )
+        } else {
+            String::new()
+        };
+        let reply = protocol::reply(id, &protocol::position(&history.position, &extra));
+        channels.go_live(channel, registration.id, &history, reply);
+        self.subscriptions.insert(channel.into());
+        let member = Member {
+            conn: registration.id,
+        };
+        if let Err(error) = broker.join(channel, member).await {
+            tracing::warn!(%error, channel, "presence join failed");
+        }
+        Ok(())
+    }
+
+    /// Leaves every channel (the connection has ended).
+    pub(crate) async fn end(self, hub: &Hub, registration: &Registration) {
+        for channel in self.subscriptions {
+            hub.leave_channel(&channel, registration.id).await;
+        }
+    }
+}
