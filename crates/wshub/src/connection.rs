@@ -143,6 +143,16 @@ where
                                 Some(session) => Box::pin(session.handle(hub, registration, message)).await,
                                 None => hub.handler().on_message(hub, info, message).await,
                             }
+                            // Fairness with the fan-out. This task is also the sender's own
+                            // write pump: left alone it would write the sender's copy of what
+                            // it just broadcast at once, the sender would send its next
+                            // message, and fast senders would outrun every other queue
+                            // (measured: p99 of seconds, evictions). When the fan-out is
+                            // behind, go to the back of the run queue, behind the write
+                            // pumps the broadcast woke.
+                            if hub.is_behind() {
+                                to_the_back().await;
+                            }
                         }
                     }
                     Some(Ok(tungstenite::Message::Ping(_))) => {
@@ -180,6 +190,22 @@ where
             }
         }
     }
+}
+
+/// Returns `Pending` once after waking itself: tokio then queues the task at the back of
+/// the worker's run queue. (`tokio::task::yield_now` defers the wake-up to the next driver
+/// poll, which puts the task in the scheduler's LIFO slot: it runs again after a few dozen
+/// tasks, ahead of thousands of woken write pumps. Measured: no effect on fairness.)
+fn to_the_back() -> impl Future<Output = ()> {
+    let mut woke = false;
+    std::future::poll_fn(move |cx| {
+        if woke {
+            return std::task::Poll::Ready(());
+        }
+        woke = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
 }
 
 /// How many frames one `writev` carries at most.

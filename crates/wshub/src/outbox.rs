@@ -6,7 +6,8 @@
 //! The outbox also carries the one request to close, so a connection is closed once.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -45,14 +46,18 @@ pub(crate) struct Outbox {
     ready: Notify,
     /// Maximum queued messages (`send_queue`).
     capacity: usize,
+    /// The hub's count of outboxes holding undelivered messages: this one counts while its
+    /// queue is not empty. Readers look at it to hold back while the fan-out catches up.
+    backlog: Arc<AtomicUsize>,
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, backlog: Arc<AtomicUsize>) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             capacity,
+            backlog,
         }
     }
 
@@ -64,6 +69,7 @@ impl Outbox {
 
     /// Queues a message without waiting.
     pub(crate) fn try_push(&self, message: Message) -> Result<(), PushError> {
+        let was_empty;
         {
             let mut state = self.lock();
             if state.close.is_some() {
@@ -72,9 +78,15 @@ impl Outbox {
             if state.queue.len() >= self.capacity {
                 return Err(PushError::Full);
             }
+            was_empty = state.queue.is_empty();
             state.queue.push_back(message);
         }
-        self.ready.notify_one();
+        // Only the first message since the last drain needs to wake the write pump: it
+        // takes everything queued when it runs.
+        if was_empty {
+            self.backlog.fetch_add(1, Ordering::Relaxed);
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -95,8 +107,9 @@ impl Outbox {
             if state.close.is_some() {
                 return false;
             }
-            if discard {
+            if discard && !state.queue.is_empty() {
                 state.queue = VecDeque::new();
+                self.backlog.fetch_sub(1, Ordering::Relaxed);
             }
             state.close = Some(reason);
         }
@@ -108,6 +121,9 @@ impl Outbox {
     /// reused, so a busy connection does not reallocate on every drain).
     pub(crate) fn drain(&self, spare: VecDeque<Message>) -> Drained {
         let mut state = self.lock();
+        if !state.queue.is_empty() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
         let messages = std::mem::replace(&mut state.queue, spare);
         Drained {
             messages,
@@ -121,17 +137,33 @@ impl Outbox {
     }
 }
 
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // A connection that ended with messages still queued no longer counts.
+        if !self.lock().queue.is_empty() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn full_queue_refuses_then_eviction_discards() {
-        let o = Outbox::new(2);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let o = Outbox::new(2, backlog.clone());
         assert_eq!(o.try_push("a".into()), Ok(()));
         assert_eq!(o.try_push("b".into()), Ok(()));
         assert_eq!(o.try_push("c".into()), Err(PushError::Full));
+        assert_eq!(backlog.load(Ordering::Relaxed), 1, "one outbox is behind");
         assert!(o.evict(CloseReason::SLOW_CONSUMER));
+        assert_eq!(
+            backlog.load(Ordering::Relaxed),
+            0,
+            "an evicted queue is gone"
+        );
         assert!(!o.close(CloseReason::SHUTDOWN), "first close wins");
         let d = o.drain(VecDeque::new());
         assert!(d.messages.is_empty());
@@ -141,11 +173,15 @@ mod tests {
 
     #[test]
     fn graceful_close_keeps_the_queue() {
-        let o = Outbox::new(4);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let o = Outbox::new(4, backlog.clone());
         o.try_push("a".into()).unwrap();
+        o.try_push("b".into()).unwrap();
         o.close(CloseReason::SHUTDOWN);
+        assert_eq!(backlog.load(Ordering::Relaxed), 1);
         let d = o.drain(VecDeque::new());
-        assert_eq!(d.messages.len(), 1);
+        assert_eq!(backlog.load(Ordering::Relaxed), 0);
+        assert_eq!(d.messages.len(), 2);
         assert_eq!(d.close, Some(CloseReason::SHUTDOWN));
     }
 }
