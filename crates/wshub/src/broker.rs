@@ -138,8 +138,14 @@ pub struct HistoryLimits {
 pub struct MemoryBroker {
     limits: HistoryLimits,
     deliver: std::sync::OnceLock<Deliver>,
-    streams: Mutex<HashMap<Arc<str>, Stream>>,
+    streams: Mutex<Streams>,
     presence: Mutex<HashMap<Arc<str>, Vec<Member>>>,
+}
+
+/// Every channel's stream, and when expired ones were last swept out.
+struct Streams {
+    by_channel: HashMap<Arc<str>, Stream>,
+    last_sweep: Instant,
 }
 
 /// One channel's stream.
@@ -165,7 +171,10 @@ impl MemoryBroker {
         MemoryBroker {
             limits,
             deliver: std::sync::OnceLock::new(),
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Streams {
+                by_channel: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
             presence: Mutex::new(HashMap::new()),
         }
     }
@@ -176,10 +185,16 @@ impl MemoryBroker {
         }
     }
 
-    /// Drops expired publications, and whole streams idle past the TTL with nothing kept.
-    fn expire(&self, streams: &mut HashMap<Arc<str>, Stream>, now: Instant) {
+    /// Drops expired publications, and whole streams idle past the TTL with nothing kept
+    /// (so channels used once do not stay forever). A sweep visits every stream, so it
+    /// runs at most once a second; `expire_one` keeps the channel at hand exact meanwhile.
+    fn sweep(&self, streams: &mut Streams, now: Instant) {
+        if now.duration_since(streams.last_sweep) < Duration::from_secs(1) {
+            return;
+        }
+        streams.last_sweep = now;
         let ttl = self.limits.ttl;
-        streams.retain(|_, stream| {
+        streams.by_channel.retain(|_, stream| {
             while stream
                 .kept
                 .front()
@@ -217,15 +232,17 @@ impl Broker for MemoryBroker {
     fn publish<'a>(&'a self, channel: &'a str, data: Bytes) -> BrokerFuture<'a, Publication> {
         let now = Instant::now();
         let mut streams = lock(&self.streams);
-        if streams.len() > 1024 {
-            self.expire(&mut streams, now);
-        }
-        let stream = streams.entry(channel.into()).or_insert_with(|| Stream {
-            epoch: new_epoch(),
-            offset: 0,
-            kept: VecDeque::new(),
-            last_publish: now,
-        });
+        self.sweep(&mut streams, now);
+        self.expire_one(&mut streams.by_channel, channel, now);
+        let stream = streams
+            .by_channel
+            .entry(channel.into())
+            .or_insert_with(|| Stream {
+                epoch: new_epoch(),
+                offset: 0,
+                kept: VecDeque::new(),
+                last_publish: now,
+            });
         stream.offset += 1;
         stream.last_publish = now;
         let publication = Publication {
@@ -254,15 +271,19 @@ impl Broker for MemoryBroker {
     ) -> BrokerFuture<'a, History> {
         let now = Instant::now();
         let mut streams = lock(&self.streams);
-        self.expire_one(&mut streams, channel, now);
+        self.sweep(&mut streams, now);
+        self.expire_one(&mut streams.by_channel, channel, now);
         // A channel nobody has published to yet still has a position (offset 0) and an
         // epoch, so its first subscriber can recover from it later.
-        let stream = streams.entry(channel.into()).or_insert_with(|| Stream {
-            epoch: new_epoch(),
-            offset: 0,
-            kept: VecDeque::new(),
-            last_publish: now,
-        });
+        let stream = streams
+            .by_channel
+            .entry(channel.into())
+            .or_insert_with(|| Stream {
+                epoch: new_epoch(),
+                offset: 0,
+                kept: VecDeque::new(),
+                last_publish: now,
+            });
         let position = StreamPosition {
             epoch: stream.epoch.clone(),
             offset: stream.offset,

@@ -441,3 +441,34 @@ async fn http_publish_and_channel_list() {
     tokio::time::sleep(Duration::from_millis(0)).await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn history_expires_after_its_ttl_and_then_recovery_says_so() {
+    let config = Config {
+        history_ttl: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let server = start(config, Broadcast).await;
+    let position = server.hub.publish("news", &"old").await.unwrap();
+    // Past the TTL for certain (waiting longer than a TTL cannot race with it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let history = server.hub.history("news", None, None).await.unwrap();
+    assert!(
+        history.publications.is_empty(),
+        "expired publications are gone"
+    );
+
+    let mut ws = connect_v1(&server).await;
+    let since = json!({"epoch": &*position.epoch, "offset": 0});
+    let sub = call(
+        &mut ws,
+        json!({"id": 1, "cmd": "subscribe", "channel": "news", "since": since}),
+    )
+    .await;
+    assert_eq!(sub["result"]["recovered"], false, "{sub}");
+    assert_ne!(
+        sub["result"]["epoch"], &*position.epoch,
+        "a forgotten stream starts a new epoch"
+    );
+    server.shutdown().await;
+}
