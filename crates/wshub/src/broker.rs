@@ -17,7 +17,7 @@
 //! The hub needs nothing more to promise gap-free, duplicate-free recovery: it buffers what
 //! arrives while it reads history and merges the two by offset (see `channels`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -138,11 +138,17 @@ pub struct HistoryLimits {
 pub struct MemoryBroker {
     limits: HistoryLimits,
     deliver: std::sync::OnceLock<Deliver>,
-    streams: Mutex<Streams>,
-    presence: Mutex<HashMap<Arc<str>, Vec<Member>>>,
+    /// Streams sharded by channel name: publishers to different channels rarely share a
+    /// lock, and a publication is delivered under its shard's lock (offset order).
+    streams: Box<[Mutex<Streams>]>,
+    /// Members per channel, by connection (ordered, so lists come out stable).
+    presence: Mutex<HashMap<Arc<str>, BTreeMap<ConnId, Member>>>,
 }
 
-/// Every channel's stream, and when expired ones were last swept out.
+/// Stream shards.
+const SHARDS: usize = 16;
+
+/// The streams of one shard, and when expired ones were last swept out.
 struct Streams {
     by_channel: HashMap<Arc<str>, Stream>,
     last_sweep: Instant,
@@ -155,6 +161,52 @@ struct Stream {
     /// (publication, when it was published), oldest first.
     kept: VecDeque<(Publication, Instant)>,
     last_publish: Instant,
+}
+
+impl Stream {
+    fn new(now: Instant) -> Stream {
+        Stream {
+            epoch: new_epoch(),
+            offset: 0,
+            kept: VecDeque::new(),
+            last_publish: now,
+        }
+    }
+
+    /// Drops publications older than `ttl`; returns whether the stream itself is
+    /// forgotten: nothing kept and nothing published for `ttl`. (A stream never
+    /// published to is kept: it has lost nothing, so its epoch stays valid.)
+    fn expire(&mut self, now: Instant, ttl: Duration) -> bool {
+        while self
+            .kept
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) >= ttl)
+        {
+            self.kept.pop_front();
+        }
+        self.offset > 0 && self.kept.is_empty() && now.duration_since(self.last_publish) >= ttl
+    }
+}
+
+impl Streams {
+    /// The channel's live stream, created (with a new epoch) if it has none or its history
+    /// is gone. Expired streams of the shard are swept out at most once a second.
+    fn current(&mut self, channel: &str, now: Instant, ttl: Duration) -> &mut Stream {
+        if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
+            self.last_sweep = now;
+            self.by_channel.retain(|_, stream| !stream.expire(now, ttl));
+        }
+        if self
+            .by_channel
+            .get_mut(channel)
+            .is_some_and(|stream| stream.expire(now, ttl))
+        {
+            self.by_channel.remove(channel);
+        }
+        self.by_channel
+            .entry(channel.into())
+            .or_insert_with(|| Stream::new(now))
+    }
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -171,10 +223,14 @@ impl MemoryBroker {
         MemoryBroker {
             limits,
             deliver: std::sync::OnceLock::new(),
-            streams: Mutex::new(Streams {
-                by_channel: HashMap::new(),
-                last_sweep: Instant::now(),
-            }),
+            streams: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Streams {
+                        by_channel: HashMap::new(),
+                        last_sweep: Instant::now(),
+                    })
+                })
+                .collect(),
             presence: Mutex::new(HashMap::new()),
         }
     }
@@ -185,25 +241,12 @@ impl MemoryBroker {
         }
     }
 
-    /// Drops expired publications, and whole streams idle past the TTL with nothing kept
-    /// (so channels used once do not stay forever). A sweep visits every stream, so it
-    /// runs at most once a second; `expire_one` keeps the channel at hand exact meanwhile.
-    fn sweep(&self, streams: &mut Streams, now: Instant) {
-        if now.duration_since(streams.last_sweep) < Duration::from_secs(1) {
-            return;
-        }
-        streams.last_sweep = now;
-        let ttl = self.limits.ttl;
-        streams.by_channel.retain(|_, stream| {
-            while stream
-                .kept
-                .front()
-                .is_some_and(|(_, at)| now.duration_since(*at) >= ttl)
-            {
-                stream.kept.pop_front();
-            }
-            !(stream.kept.is_empty() && now.duration_since(stream.last_publish) >= ttl)
-        });
+    fn shard(&self, channel: &str) -> &Mutex<Streams> {
+        use std::hash::BuildHasher;
+        let hash =
+            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one(channel);
+        &self.streams[(hash as usize) % SHARDS]
     }
 }
 
@@ -231,18 +274,8 @@ impl Broker for MemoryBroker {
 
     fn publish<'a>(&'a self, channel: &'a str, data: Bytes) -> BrokerFuture<'a, Publication> {
         let now = Instant::now();
-        let mut streams = lock(&self.streams);
-        self.sweep(&mut streams, now);
-        self.expire_one(&mut streams.by_channel, channel, now);
-        let stream = streams
-            .by_channel
-            .entry(channel.into())
-            .or_insert_with(|| Stream {
-                epoch: new_epoch(),
-                offset: 0,
-                kept: VecDeque::new(),
-                last_publish: now,
-            });
+        let mut streams = lock(self.shard(channel));
+        let stream = streams.current(channel, now, self.limits.ttl);
         stream.offset += 1;
         stream.last_publish = now;
         let publication = Publication {
@@ -270,20 +303,10 @@ impl Broker for MemoryBroker {
         limit: Option<usize>,
     ) -> BrokerFuture<'a, History> {
         let now = Instant::now();
-        let mut streams = lock(&self.streams);
-        self.sweep(&mut streams, now);
-        self.expire_one(&mut streams.by_channel, channel, now);
+        let mut streams = lock(self.shard(channel));
         // A channel nobody has published to yet still has a position (offset 0) and an
         // epoch, so its first subscriber can recover from it later.
-        let stream = streams
-            .by_channel
-            .entry(channel.into())
-            .or_insert_with(|| Stream {
-                epoch: new_epoch(),
-                offset: 0,
-                kept: VecDeque::new(),
-                last_publish: now,
-            });
+        let stream = streams.current(channel, now, self.limits.ttl);
         let position = StreamPosition {
             epoch: stream.epoch.clone(),
             offset: stream.offset,
@@ -343,7 +366,7 @@ impl Broker for MemoryBroker {
         lock(&self.presence)
             .entry(channel.into())
             .or_default()
-            .push(member.clone());
+            .insert(member.conn, member.clone());
         self.deliver(channel, Event::Join(member));
         Box::pin(std::future::ready(Ok(())))
     }
@@ -351,7 +374,7 @@ impl Broker for MemoryBroker {
     fn leave<'a>(&'a self, channel: &'a str, member: Member) -> BrokerFuture<'a, ()> {
         let mut presence = lock(&self.presence);
         if let Some(members) = presence.get_mut(channel) {
-            members.retain(|m| m.conn != member.conn);
+            members.remove(&member.conn);
             if members.is_empty() {
                 presence.remove(channel);
             }
@@ -364,32 +387,8 @@ impl Broker for MemoryBroker {
     fn presence<'a>(&'a self, channel: &'a str) -> BrokerFuture<'a, Vec<Member>> {
         let members = lock(&self.presence)
             .get(channel)
-            .cloned()
+            .map(|members| members.values().cloned().collect())
             .unwrap_or_default();
         Box::pin(std::future::ready(Ok(members)))
-    }
-}
-
-impl MemoryBroker {
-    fn expire_one(&self, streams: &mut HashMap<Arc<str>, Stream>, channel: &str, now: Instant) {
-        let ttl = self.limits.ttl;
-        let forget = match streams.get_mut(channel) {
-            Some(stream) => {
-                while stream
-                    .kept
-                    .front()
-                    .is_some_and(|(_, at)| now.duration_since(*at) >= ttl)
-                {
-                    stream.kept.pop_front();
-                }
-                stream.kept.is_empty()
-                    && stream.offset > 0
-                    && now.duration_since(stream.last_publish) >= ttl
-            }
-            None => false,
-        };
-        if forget {
-            streams.remove(channel);
-        }
     }
 }
