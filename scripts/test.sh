@@ -30,6 +30,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test (unit, integration, doc)"
 cargo test --workspace --locked
 
+step "browser tests (wshub.js and the chat demo in Chromium)"
+bash scripts/browser.sh
+
 case "${WSHUB_AUTOBAHN:-full}" in
   skip) step "Autobahn skipped (WSHUB_AUTOBAHN=skip)" ;;
   *) step "Autobahn|Testsuite (${WSHUB_AUTOBAHN:-full})"

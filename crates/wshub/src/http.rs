@@ -1,5 +1,6 @@
-//! The HTTP surface, readable top to bottom: the home page, static files, the WebSocket
-//! endpoint and the publish API, each a route with its own small handler.
+//! The HTTP surface, readable top to bottom: the home page, the browser client
+//! (`/wshub.js`, `/wshub.d.ts`), static files, the WebSocket endpoint and the publish API,
+//! each a route with its own small handler.
 //!
 //! Anything not routed is 404; a routed path with the wrong method is 405 (as the Go
 //! original). The routes only translate HTTP into hub calls; the hub does the work.
@@ -12,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tower_http::services::ServeDir;
 
 use crate::hub::Hub;
@@ -20,6 +21,12 @@ use crate::message::Message;
 
 /// The home page used when no template is given: a chat client for `/ws`.
 pub const DEFAULT_HOME_TEMPLATE: &str = include_str!("../assets/home.html");
+
+/// The browser client of the `wshub.v1` protocol, an ES module served at `/wshub.js`.
+pub const CLIENT_JS: &str = include_str!("../assets/wshub.js");
+
+/// The TypeScript declarations of [`CLIENT_JS`], served at `/wshub.d.ts`.
+pub const CLIENT_DTS: &str = include_str!("../assets/wshub.d.ts");
 
 /// What the HTTP surface serves besides `/ws`.
 #[derive(Debug, Clone)]
@@ -46,11 +53,20 @@ impl Default for Site {
     }
 }
 
-/// The whole HTTP surface for `hub`: `/`, `/static/`, `/ws` and, with an API key,
-/// `POST /api/broadcast`, `POST /api/publish`, `GET /api/channels` and `GET /api/stats`.
+/// The whole HTTP surface for `hub`: `/`, `/wshub.js`, `/wshub.d.ts`, `/static/`, `/ws`
+/// and, with an API key, `POST /api/broadcast`, `POST /api/publish`, `GET /api/channels`
+/// and `GET /api/stats`.
 pub fn router(hub: Hub, site: Site) -> Router {
     let mut router = Router::new()
         .route("/", get(home).with_state(Arc::new(site.home_template)))
+        .route(
+            "/wshub.js",
+            Asset::route(CLIENT_JS, "text/javascript; charset=utf-8"),
+        )
+        .route(
+            "/wshub.d.ts",
+            Asset::route(CLIENT_DTS, "application/typescript; charset=utf-8"),
+        )
         .route("/ws", hub.endpoint());
     if let Some(dir) = site.static_dir {
         router = router.nest_service("/static", static_files(dir));
@@ -120,6 +136,57 @@ async fn home(State(template): State<Arc<String>>, headers: HeaderMap) -> Html<S
         .unwrap_or("");
     let host = escape_html(host);
     Html(template.replace("{{host}}", &host).replace("{{$}}", &host))
+}
+
+/// A built-in file, served with `cache-control: no-cache` (revalidate on every use, so an
+/// upgraded server's client is picked up at once) and an `ETag` of its content, answered
+/// with 304 when the browser has it already.
+struct Asset {
+    body: &'static str,
+    content_type: &'static str,
+    etag: String,
+}
+
+impl Asset {
+    /// `GET` (and HEAD) of `body`.
+    fn route(body: &'static str, content_type: &'static str) -> axum::routing::MethodRouter {
+        let asset = Arc::new(Asset {
+            body,
+            content_type,
+            etag: etag(body),
+        });
+        get(move |headers: HeaderMap| async move { asset.respond(&headers) })
+    }
+
+    fn respond(&self, request: &HeaderMap) -> Response {
+        let fresh = request
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|tags| {
+                tags.split(',')
+                    .map(str::trim)
+                    .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == self.etag)
+            });
+        let mut response = if fresh {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            ([(header::CONTENT_TYPE, self.content_type)], self.body).into_response()
+        };
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        if let Ok(etag) = HeaderValue::from_str(&self.etag) {
+            headers.insert(header::ETAG, etag);
+        }
+        response
+    }
+}
+
+/// A strong validator of `body`: its FNV-1a hash, the same in every build and process.
+fn etag(body: &str) -> String {
+    let hash = body.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("\"{hash:016x}\"")
 }
 
 fn escape_html(s: &str) -> String {

@@ -33,7 +33,8 @@
 //! - `outbox`: a connection's bounded queue; full means slow consumer.
 //! - `connection`: one task per connection: read pump + write pump, pings, deadlines, close.
 //! - `upgrade`: HTTP → WebSocket checks (version, key, origin) and the 101.
-//! - `http`: the HTTP surface ([`router`]): home page, static files, `/ws`, publish API.
+//! - `http`: the HTTP surface ([`router`]): home page, browser client (`/wshub.js`), static
+//!   files, `/ws`, publish API.
 //! - `server`: [`serve`]: the accept loop, handshake limits and graceful shutdown.
 
 mod broker;
@@ -60,7 +61,7 @@ pub use broker::{
 };
 pub use config::{Config, ConfigError, format_duration};
 pub use handler::{Broadcast, ConnInfo, Handler};
-pub use http::{DEFAULT_HOME_TEMPLATE, Site, router};
+pub use http::{CLIENT_DTS, CLIENT_JS, DEFAULT_HOME_TEMPLATE, Site, router};
 pub use hub::{ConnId, Hub, SendError};
 pub use message::{CloseReason, Message};
 pub use protocol::{ProtocolError, SUBPROTOCOL};
