@@ -6,19 +6,27 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 const ABOUT: &str = "Load generator for WebSocket chat hubs (every message a client sends is \
-broadcast to all clients, sender included): idle connections and server memory, broadcast \
-fan-out with loss and latency, handshake churn.";
+broadcast to all clients, sender included) and for wshub.v1 channels: idle connections and \
+server memory, broadcast fan-out with loss and latency, channel fan-out with offset checks, \
+recovery after a reconnect, handshake churn.";
 
 const LONG_ABOUT: &str = "\
 Load generator for WebSocket chat hubs: servers that broadcast every message a client sends to \
 all connected clients, the sender included, with the same frame type (wshub in chat mode, the \
-gorilla chat example, a ws or uWS pub/sub chat...).
+gorilla chat example, a ws or uWS pub/sub chat...); and for the channels of wshub's own \
+protocol, wshub.v1 (PROTOCOL.md).
 
   idle    open N connections at a bounded handshake rate, hold them, report the time to open \
 and (with --server-pid) the server's RSS per connection
   fanout  N connections all receive; S of them send messages carrying (sender id, sequence \
 number, send time); report loss, duplicates, order, deliveries/s, latency percentiles and \
 (with --server-pid) deliveries per server CPU-second
+  channel the same as fanout over the wshub.v1 protocol: N connections subscribe to one \
+channel, S of them publish to it; also checks that every subscriber sees the channel's offsets \
+one by one, without gaps or repeats
+  recover a wshub.v1 subscriber misses M publications and catches up by subscribing with \
+`since`; report the catch-up time, the reply's size and the server CPU it took, and check \
+that every publication came back once, in order
   churn   connect / handshake / close cycles, N at a time; report accepted handshakes/s
 
 THE CLIENT. Each connection is a raw TCP socket with a hand-written client handshake (random \
@@ -52,7 +60,18 @@ line on the worker's stdin, tells them when to start and stop, and merges the co
 latency histograms they report as JSON lines on their stdout. Each worker runs one \
 current-thread tokio runtime.
 
-FAN-OUT ACCOUNTING. Senders start only after all N connections are open. Sending runs for \
+WSHUB.V1. With `channel`, `recover` and `idle --subscribe` every connection asks for the \
+subprotocol wshub.v1 (the handshake fails if the server does not choose it) and, after the \
+101, sends {\"id\":0,\"cmd\":\"subscribe\",\"channel\":NAME} and counts as opened only once the reply \
+came. Publications carry the benchmark header at the start of their `data` string; of each \
+server frame the first 384 bytes are looked at (enough for the channel, offset, epoch and the \
+header), so channel names are limited to 100 bytes. `recover` is different: one connection at a \
+time, in the main process (no workers), reading whole messages; a catch-up lasts milliseconds, \
+so it reads the server's CPU time with nanosecond resolution from /proc/PID/task/*/schedstat \
+and its own from CLOCK_PROCESS_CPUTIME_ID, and marks CLIENT-BOUND when the tool used more than \
+90% of a core during the catch-ups.
+
+FAN-OUT ACCOUNTING (fanout and channel). Senders start only after all N connections are open. Sending runs for \
 --warmup (messages marked as warm-up, not counted), then for --duration (the measured window). \
 Only messages sent inside the window count: expected deliveries = messages sent in the window \
 x connections open at the start. After the window, senders stop and the tool waits up to \
@@ -103,7 +122,11 @@ second and/or --parallel in flight), hold them for --hold (pings are answered, s
 fine), then close them. Reports opened/failed (with error kinds), the time from the first \
 connect to the last handshake, connections dropped during the hold, and with --server-pid the \
 server's VmRSS before opening, after opening, at the end of the hold and at its peak, and \
-bytes per connection = (RSS at the end of the hold - RSS before) / opened."
+bytes per connection = (RSS at the end of the hold - RSS before) / opened. \
+--subscribe CHANNEL opens every connection with wshub.v1 and subscribes it to CHANNEL before \
+it counts as opened; the cost of one subscription is then the difference in bytes per \
+connection between a run with --subscribe and one with --subprotocol wshub.v1 alone (both \
+have a wshub.v1 session; a raw-mode connection has none)."
     )]
     Idle(IdleArgs),
     /// N receivers, S senders: loss, latency, deliveries per server CPU-second.
@@ -126,6 +149,49 @@ its end of the TCP connection (so TIME_WAIT stays on the server side). Reports c
 cycles, failures by kind, accepted handshakes/s and the connect-to-101 time percentiles."
     )]
     Churn(ChurnArgs),
+    /// wshub.v1: N subscribers of one channel, S publishers: fanout's figures plus offsets.
+    #[command(
+        long_about = "Open --conns connections with the wshub.v1 subprotocol; each \
+subscribes to --channel and counts as opened once the subscribe reply came (so sending starts \
+only when every subscription is live). --senders of them (spread evenly) publish with \
+{\"id\":1,\"cmd\":\"publish\",\"channel\":NAME,\"data\":\"...\"}, the data a string of --size \
+characters whose first 32 carry the run tag, sender id, sequence number and send time. Every \
+subscriber receives every publication as a push {\"channel\",\"offset\",\"epoch\",\"data\"}; \
+the publish replies ({\"id\":1,\"result\":...}) are consumed and counted as acknowledgements \
+(or errors), never as deliveries. Modes, window, loss and latency are as in `fanout` (see \
+`wshub-bench --help`); closed loop waits for the publisher's own push. Each subscriber also \
+checks the offsets: the first push must carry the subscribe reply's offset + 1 and each next \
+one the offset after it; offsets jumped over count as gaps, an offset at or below one already \
+seen as a duplicate. The report's `failures` adds up lost deliveries, offset gaps and \
+duplicates, publish errors and per-sender sequence anomalies (0 in a good run). The publish \
+command must fit the server's --max-message-size (wshub: 5120 bytes by default), so keep \
+--size below about 5000. Other clients publishing to the channel meanwhile show as foreign \
+messages (their offsets are checked too)."
+    )]
+    Channel(ChannelArgs),
+    /// wshub.v1: miss M publications, reconnect with `since`, time the catch-up.
+    #[command(
+        long_about = "Measure recovery after a reconnect (PROTOCOL.md, Recovery). One \
+subscriber (wshub.v1) subscribes to --channel, records the channel's position (epoch, offset) \
+from the reply and disconnects. Then --messages M publications are made to the channel, over \
+a WebSocket with the publish command or, with --api-key, with POST /api/publish (pipelined, \
+64 requests at a time; the key is the server's --api-key). Then the subscriber reconnects and \
+subscribes with `since` = the recorded position: the catch-up time runs from just before the \
+subscribe command is written to the arrival of the last byte of the frame that completes the \
+M publications (normally all of them are in the reply's `publications`; any that come as \
+pushes after it count too). The tool reports it, the time to the reply's first byte, the \
+reply's size in bytes and, with --server-pid, the server CPU seconds used from the subscribe \
+to the last byte, with nanosecond resolution (/proc/PID/task/*/schedstat). It verifies \
+`recovered: true`, the epoch, and that every offset after the recorded one up to the last \
+publication's arrives exactly once and in order, each with the data that was published at \
+that offset. --repeat reconnects that many times with the same position (every round \
+recovers the same M publications) for steadier figures.\n\n\
+THE SERVER MUST KEEP M PUBLICATIONS: run wshub with --history-size M or more (its default is \
+100; fewer makes the reply say `recovered: false`, reported as a failure) and finish within \
+its --history-ttl (300 s by default). Publishing over a WebSocket needs client_publish = \
+true (the default); with --client-publish false use --api-key."
+    )]
+    Recover(RecoverArgs),
     /// Internal: one worker process (started by the tool itself).
     #[command(hide = true)]
     Worker,
@@ -184,6 +250,14 @@ pub(crate) struct IdleArgs {
     /// How long to hold the connections once all are open.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub(crate) hold: Duration,
+    /// Ask for this WebSocket subprotocol in every handshake (the server must choose it),
+    /// e.g. wshub.v1.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) subprotocol: Option<String>,
+    /// wshub.v1: every connection subscribes to CHANNEL after its handshake and counts as
+    /// opened once the reply came (implies --subprotocol wshub.v1).
+    #[arg(long, value_name = "CHANNEL")]
+    pub(crate) subscribe: Option<String>,
 }
 
 /// `fanout` flags.
@@ -194,7 +268,7 @@ pub(crate) struct FanoutArgs {
     /// Connections, all of them receivers.
     #[arg(long, short = 'n', value_name = "N")]
     pub(crate) conns: u64,
-    /// How many of the connections also send.
+    /// How many of the connections also send (channel: publish).
     #[arg(long, value_name = "S", default_value_t = 10)]
     pub(crate) senders: u64,
     /// Fixed-rate mode: messages per second in total across all senders.
@@ -203,7 +277,8 @@ pub(crate) struct FanoutArgs {
     /// Closed-loop mode: messages outstanding in total [default mode, with K = 8].
     #[arg(long, value_name = "K")]
     pub(crate) in_flight: Option<u64>,
-    /// Message size in bytes (at least 32, the benchmark header).
+    /// Message size in bytes, at least 32 (the benchmark header); channel: the length of each
+    /// publication's data string (a push is about 70 bytes + the channel name longer).
     #[arg(long, value_name = "B", default_value_t = 64)]
     pub(crate) size: usize,
     /// The measured window.
@@ -218,6 +293,57 @@ pub(crate) struct FanoutArgs {
     /// Handshakes started per second at most while connecting (0: no limit).
     #[arg(long, value_name = "PER_SEC", default_value_t = 0.0)]
     pub(crate) connect_rate: f64,
+}
+
+/// `channel` flags: fanout's, and the channel.
+#[derive(Debug, Args)]
+pub(crate) struct ChannelArgs {
+    #[command(flatten)]
+    pub(crate) load: FanoutArgs,
+    /// The channel every connection subscribes to and the senders publish to (at most 100
+    /// bytes; the server's `channels` must admit it).
+    #[arg(long, value_name = "NAME", default_value = "bench")]
+    pub(crate) channel: String,
+}
+
+/// `recover` flags.
+#[derive(Debug, Args)]
+pub(crate) struct RecoverArgs {
+    /// WebSocket URL of the server (ws:// only), e.g. ws://127.0.0.1:8080/ws; the publish
+    /// API is on the same host and port.
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: String,
+    /// Publications to miss and recover (the server's --history-size must be at least M).
+    #[arg(long, short = 'm', value_name = "M")]
+    pub(crate) messages: u64,
+    /// Length of each publication's data string, at least 32 (the benchmark header).
+    #[arg(long, value_name = "B", default_value_t = 64)]
+    pub(crate) size: usize,
+    /// The channel (at most 100 bytes; the server's `channels` must admit it).
+    #[arg(long, value_name = "NAME", default_value = "bench:recover")]
+    pub(crate) channel: String,
+    /// Publish with POST /api/publish and `Authorization: Bearer KEY` (the server's
+    /// --api-key) instead of the publish command over a WebSocket.
+    #[arg(long, value_name = "KEY")]
+    pub(crate) api_key: Option<String>,
+    /// Reconnect and catch up this many times from the same position.
+    #[arg(long, value_name = "R", default_value_t = 1)]
+    pub(crate) repeat: u32,
+    /// Give up on one catch-up (or on publishing) after this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    pub(crate) timeout: Duration,
+    /// Give up on one connect + handshake after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub(crate) connect_timeout: Duration,
+    /// The server's process id: report the CPU time the catch-up cost it.
+    #[arg(long, value_name = "PID")]
+    pub(crate) server_pid: Option<u32>,
+    /// Print one JSON object instead of the human-readable report.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
 }
 
 /// `churn` flags.
@@ -277,5 +403,43 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn parses_channel_and_recover() {
+        let cli = Cli::try_parse_from([
+            "wshub-bench",
+            "channel",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--conns",
+            "10",
+            "--senders",
+            "2",
+            "--in-flight",
+            "4",
+            "--channel",
+            "room",
+        ]);
+        assert!(matches!(
+            cli,
+            Ok(Cli { command: Cmd::Channel(ChannelArgs { load: FanoutArgs { conns: 10, senders: 2, in_flight: Some(4), .. }, channel }) })
+                if channel == "room"
+        ));
+        let cli = Cli::try_parse_from([
+            "wshub-bench",
+            "recover",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--messages",
+            "2000",
+            "--api-key",
+            "k",
+        ]);
+        assert!(matches!(
+            cli,
+            Ok(Cli { command: Cmd::Recover(RecoverArgs { messages: 2000, api_key: Some(k), repeat: 1, .. }) })
+                if k == "k"
+        ));
     }
 }

@@ -1,7 +1,9 @@
-//! One client connection inside a worker: connect (bound to its source address) and the
-//! hand-written handshake, the receive path (one `read` per wake-up into the worker's shared
-//! buffer, frames decoded in place, each message's header parsed and counted, pings
-//! answered), the sender logic (closed loop and fixed rate) and the close handshake.
+//! One client connection inside a worker: connect (bound to its source address), the
+//! hand-written handshake and (`wshub.v1`) the subscribe command, the receive path (one
+//! `read` per wake-up into the worker's shared buffer, frames decoded in place, each
+//! message's header parsed and counted, each push's offset checked, pings answered), the
+//! sender logic (closed loop and fixed rate; raw messages or publish commands) and the close
+//! handshake.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -19,8 +21,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::hist::Histogram;
-use crate::proto::{Counters, Plan, Schedule, SenderAnomaly};
+use crate::proto::{Counters, Mode, OffsetCheck, Plan, Schedule, SenderAnomaly};
 use crate::sys::now_us;
+use crate::v1::{self, Frame};
 use crate::wire::{self, Decoder, Event, HEADER_LEN, Header, MAX_CARRY};
 
 /// Bytes read per `read` call (one buffer per worker, shared by all its connections).
@@ -60,6 +63,10 @@ pub(crate) struct Shared {
     pub(crate) echo_hist: RefCell<Histogram>,
     /// Per global sender id.
     pub(crate) anomalies: RefCell<Vec<SenderAnomaly>>,
+    /// Channel: offsets seen by the subscribers, publish replies.
+    pub(crate) offsets: RefCell<OffsetCheck>,
+    /// Channel: how a push on the subscribed channel starts (`v1::push_head`).
+    push_head: Vec<u8>,
     errors: RefCell<BTreeMap<String, u64>>,
 }
 
@@ -71,7 +78,7 @@ fn bump(cell: &Cell<u64>, by: u64) {
 impl Shared {
     /// Fresh counters for `plan`.
     pub(crate) fn new(plan: Plan) -> Self {
-        let senders = if plan.mode == crate::proto::Mode::Fanout {
+        let senders = if matches!(plan.mode, Mode::Fanout | Mode::Channel) {
             plan.senders as usize
         } else {
             0
@@ -104,6 +111,12 @@ impl Shared {
                     })
                     .collect(),
             ),
+            offsets: RefCell::new(OffsetCheck::default()),
+            push_head: plan
+                .channel
+                .as_deref()
+                .map(v1::push_head)
+                .unwrap_or_default(),
             errors: RefCell::new(BTreeMap::new()),
             plan,
         }
@@ -144,7 +157,7 @@ impl Shared {
     /// over the connections (every `total / senders`-th).
     pub(crate) fn sender_of(&self, index: u64) -> Option<u32> {
         let plan = &self.plan;
-        if plan.mode != crate::proto::Mode::Fanout || plan.senders == 0 {
+        if !matches!(plan.mode, Mode::Fanout | Mode::Channel) || plan.senders == 0 {
             return None;
         }
         let stride = (plan.total / plan.senders).max(1);
@@ -178,6 +191,81 @@ pub(crate) struct Conn {
     closing: bool,
     /// We sent a close frame.
     close_sent: bool,
+    /// `wshub.v1` with a channel: the subscription and its offsets.
+    subscription: Option<Subscription>,
+}
+
+/// Where a subscription stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SubState {
+    /// The subscribe command is out, no reply yet.
+    Waiting,
+    /// Subscribed; the next push must carry this offset.
+    Live { next: u64 },
+    /// The server refused (code and message).
+    Failed(String),
+}
+
+/// A `wshub.v1` connection's subscription to the plan's channel.
+#[derive(Debug)]
+struct Subscription {
+    state: SubState,
+    /// This subscriber has counted in `subscribers_affected` already.
+    affected: bool,
+}
+
+impl Subscription {
+    /// Handles one server frame (its prefix): checks a push's offset and returns its data
+    /// (empty for frames that are neither pushes nor replies, so they count as foreign);
+    /// consumes replies (`None`): the subscribe reply starts the offset check, publish
+    /// replies are counted as acknowledgements or errors, never as deliveries.
+    #[inline]
+    fn frame<'a>(&mut self, shared: &Shared, payload: &'a [u8]) -> Option<&'a [u8]> {
+        match v1::parse(payload, &shared.push_head) {
+            Frame::Push { offset, data } => {
+                if let SubState::Live { next } = &mut self.state {
+                    let mut check = shared.offsets.borrow_mut();
+                    check.pushes += 1;
+                    if offset == *next {
+                        *next += 1;
+                    } else {
+                        if offset > *next {
+                            check.gaps += offset - *next;
+                            *next = offset + 1;
+                        } else {
+                            check.duplicates += 1;
+                        }
+                        if !self.affected {
+                            self.affected = true;
+                            check.subscribers_affected += 1;
+                        }
+                    }
+                }
+                Some(v1::data_header(data).unwrap_or_default())
+            }
+            Frame::Result { id, offset } => {
+                if id == Some(v1::SUBSCRIBE_ID) && self.state == SubState::Waiting {
+                    self.state = match offset {
+                        Some(offset) => SubState::Live { next: offset + 1 },
+                        None => SubState::Failed("reply without an offset".into()),
+                    };
+                } else {
+                    shared.offsets.borrow_mut().publish_acks += 1;
+                }
+                None
+            }
+            Frame::Error { id, code, message } => {
+                if id == Some(v1::SUBSCRIBE_ID) && self.state == SubState::Waiting {
+                    self.state = SubState::Failed(format!("{code} {message}"));
+                } else {
+                    shared.offsets.borrow_mut().publish_errors += 1;
+                    shared.error(format!("publish: {code} {message}"));
+                }
+                None
+            }
+            Frame::Other => Some(&[]),
+        }
+    }
 }
 
 /// Connects (from `source`, if given) and performs the WebSocket handshake. Errors are short
@@ -212,8 +300,9 @@ pub(crate) async fn open(
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let key = wire::new_key();
+    let protocol = plan.protocol.as_deref();
     stream
-        .write_all(wire::request(&plan.host, &plan.path, &key).as_bytes())
+        .write_all(wire::request(&plan.host, &plan.path, &key, protocol).as_bytes())
         .await
         .map_err(|e| format!("handshake write: {e}"))?;
     let mut head = Vec::with_capacity(512);
@@ -234,13 +323,17 @@ pub(crate) async fn open(
             return Err("handshake response too long".into());
         }
     };
-    wire::check_response(&head[..end], &key).map_err(|e| format!("handshake: {e}"))?;
+    wire::check_response(&head[..end], &key, protocol).map_err(|e| format!("handshake: {e}"))?;
     let mut conn = Conn {
         stream,
-        decoder: Decoder::default(),
+        decoder: if plan.channel.is_some() {
+            Decoder::new(v1::PREFIX)
+        } else {
+            Decoder::default()
+        },
         carry: Vec::new(),
         out: Vec::new(),
-        next_seq: if me.is_some() || plan.mode == crate::proto::Mode::Fanout {
+        next_seq: if me.is_some() || matches!(plan.mode, Mode::Fanout | Mode::Channel) {
             vec![0; plan.senders as usize]
         } else {
             Vec::new()
@@ -249,16 +342,60 @@ pub(crate) async fn open(
         echoes: 0,
         closing: false,
         close_sent: false,
+        subscription: plan.channel.as_ref().map(|_| Subscription {
+            state: SubState::Waiting,
+            affected: false,
+        }),
     };
     let mut rest = head.split_off(end);
     if !rest.is_empty() {
         let used = conn.handle(shared, &mut rest, now_us());
         conn.carry.extend_from_slice(&rest[used..]);
     }
+    if let Some(channel) = &plan.channel {
+        conn.subscribe(shared, channel).await?;
+    }
     Ok(conn)
 }
 
 impl Conn {
+    /// Sends the subscribe command and waits for its reply (pings are answered meanwhile);
+    /// the error is a short description for the report.
+    async fn subscribe(&mut self, shared: &Shared, channel: &str) -> Result<(), String> {
+        let command = v1::subscribe(channel, v1::SUBSCRIBE_ID, None);
+        wire::push_frame(&mut self.out, wire::op::TEXT, command.as_bytes());
+        let mut chunk = vec![0u8; 4096];
+        loop {
+            if !self.out.is_empty() {
+                self.stream
+                    .write_all(&self.out)
+                    .await
+                    .map_err(|e| format!("subscribe write: {e}"))?;
+                self.out.clear();
+            }
+            match self.subscription.as_ref().map(|s| &s.state) {
+                Some(SubState::Waiting) => {}
+                Some(SubState::Failed(why)) => return Err(format!("subscribe: {why}")),
+                _ => return Ok(()),
+            }
+            if self.closing {
+                return Err("closed before the subscribe reply".into());
+            }
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("subscribe read: {e}"))?;
+            if n == 0 {
+                return Err("closed before the subscribe reply".into());
+            }
+            let mut buf = std::mem::take(&mut self.carry);
+            buf.extend_from_slice(&chunk[..n]);
+            let used = self.handle(shared, &mut buf, now_us());
+            self.carry = buf[used..].to_vec();
+        }
+    }
+
     /// Decodes `bytes` (carry already in front) and handles every complete event; returns
     /// how many bytes were used.
     fn handle(&mut self, shared: &Shared, bytes: &mut [u8], now: u64) -> usize {
@@ -270,6 +407,7 @@ impl Conn {
             echoes,
             closing,
             close_sent,
+            subscription,
             ..
         } = self;
         let plan = &shared.plan;
@@ -277,7 +415,14 @@ impl Conn {
         let in_window = now >= warmup_end && now < window_end;
         decoder.feed(bytes, |event| match event {
             Event::Message(payload) => {
-                let Some(h) = Header::parse(payload).filter(|h| h.tag == plan.tag) else {
+                let header = match subscription.as_mut() {
+                    None => Header::parse(payload),
+                    Some(subscription) => match subscription.frame(shared, payload) {
+                        Some(data) => Header::parse(data),
+                        None => return,
+                    },
+                };
+                let Some(h) = header.filter(|h| h.tag == plan.tag) else {
                     bump(&shared.foreign, 1);
                     return;
                 };
@@ -423,7 +568,7 @@ impl Conn {
             seq: s.seq,
             sent_us,
         }
-        .write(&mut s.body[..HEADER_LEN]);
+        .write(&mut s.body[s.header_at..s.header_at + HEADER_LEN]);
         wire::push_frame(&mut self.out, wire::op::TEXT, &s.body);
         s.seq = s.seq.wrapping_add(1);
         bump(&shared.sent, 1);
@@ -438,7 +583,10 @@ impl Conn {
 struct SenderState {
     id: u32,
     seq: u32,
+    /// The frame payload: the raw message, or (channel) the publish command.
     body: Vec<u8>,
+    /// Where the benchmark header goes in `body`.
+    header_at: usize,
     /// Closed loop: messages this sender keeps outstanding.
     quota: u32,
     outstanding: u32,
@@ -460,10 +608,17 @@ pub(crate) async fn run(
     let mut sender = conn.me.map(|id| {
         let (senders, k) = (plan.senders.max(1), plan.in_flight);
         let quota = (k / senders + u64::from(u64::from(id) < k % senders)) as u32;
+        let (body, header_at) = match (&plan.channel, plan.mode) {
+            (Some(channel), Mode::Channel) => {
+                v1::publish_template(channel, v1::PUBLISH_ID, plan.size)
+            }
+            _ => (wire::body_template(plan.size), 0),
+        };
         SenderState {
             id,
             seq: 0,
-            body: wire::body_template(plan.size),
+            body,
+            header_at,
             quota,
             outstanding: 0,
             last_echo: Instant::now(),

@@ -9,17 +9,18 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::cli::{ChurnArgs, Common as CommonArgs, FanoutArgs, IdleArgs};
+use crate::cli::{ChannelArgs, ChurnArgs, Common as CommonArgs, FanoutArgs, IdleArgs};
 use crate::hist::{Histogram, Sparse};
 use crate::plan;
 use crate::proto::{
-    Command, Counters, Event, Mode, Plan, Schedule, SenderAnomaly, WorkerReport, send_line,
+    Command, Counters, Event, Mode, OffsetCheck, Plan, Schedule, SenderAnomaly, WorkerReport,
+    send_line,
 };
 use crate::report::{
-    ChurnReport, ClientCpu, FanoutReport, IdleReport, Latency, ProcessCpu, ServerChurn, ServerCpu,
-    ServerMemory, si,
+    ChannelReport, ChurnReport, ClientCpu, FanoutReport, IdleReport, Latency, ProcessCpu,
+    ServerChurn, ServerCpu, ServerMemory, si,
 };
-use crate::sys;
+use crate::{sys, v1};
 
 /// The worker processes of a run.
 struct Fleet {
@@ -317,13 +318,26 @@ struct Setup {
     fleet: Fleet,
 }
 
+/// What the connections send and how they speak.
+#[derive(Debug, Default)]
+struct Traffic {
+    senders: u64,
+    size: usize,
+    msg_rate: f64,
+    in_flight: u64,
+    /// Subprotocol to ask for.
+    protocol: Option<String>,
+    /// wshub.v1 channel to subscribe to (and, in channel mode, publish to).
+    channel: Option<String>,
+}
+
 fn setup(
     mode: Mode,
     args: &CommonArgs,
     conns: u64,
     sockets: u64,
     connect_rate: f64,
-    fanout: (u64, usize, f64, u64),
+    traffic: Traffic,
     cycles: u64,
 ) -> Result<Setup, String> {
     sys::raise_fd_limit();
@@ -338,7 +352,14 @@ fn setup(
             conns.div_ceil(hard.saturating_sub(2_000).max(1))
         ));
     }
-    let (senders, size, msg_rate, in_flight) = fanout;
+    let Traffic {
+        senders,
+        size,
+        msg_rate,
+        in_flight,
+        protocol,
+        channel,
+    } = traffic;
     let common = plan::Common {
         mode,
         target: target.clone(),
@@ -354,6 +375,8 @@ fn setup(
         tag: fastrand::u16(..),
         cycles,
         quick_acks: args.quick_acks,
+        protocol,
+        channel,
     };
     let plans = plan::split_plans(&common, workers);
     let fleet = Fleet::spawn(&plans)?;
@@ -406,6 +429,19 @@ fn wait_opened(
 pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
     let began = Instant::now();
     let pid = args.common.server_pid;
+    let subprotocol = match (&args.subscribe, &args.subprotocol) {
+        (Some(channel), Some(p)) if p != v1::SUBPROTOCOL => {
+            return Err(format!(
+                "--subscribe {channel} speaks {}, not --subprotocol {p}",
+                v1::SUBPROTOCOL
+            ));
+        }
+        (Some(_), _) => Some(v1::SUBPROTOCOL.to_string()),
+        (None, p) => p.clone(),
+    };
+    if let Some(channel) = &args.subscribe {
+        v1::check_channel(channel)?;
+    }
     let rss_before = pid.and_then(sys::rss_kib);
     if pid.is_some() && rss_before.is_none() {
         return Err(format!("no process {} to measure", pid.unwrap_or(0)));
@@ -416,7 +452,11 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
         args.conns,
         args.conns,
         args.rate,
-        (0, 0, 0.0, 0),
+        Traffic {
+            protocol: subprotocol.clone(),
+            channel: args.subscribe.clone(),
+            ..Traffic::default()
+        },
         0,
     )?;
     let start = CpuSample::take(&fleet, pid);
@@ -474,6 +514,8 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
         scenario: "idle",
         url: args.common.url.clone(),
         conns: args.conns,
+        subprotocol,
+        subscribe: args.subscribe.clone(),
         opened: totals.opened,
         failed: totals.failed,
         time_to_open_s,
@@ -497,6 +539,38 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
 
 /// `fanout`.
 pub(crate) fn fanout(args: &FanoutArgs) -> Result<(FanoutReport, bool), String> {
+    broadcast(args, None).map(|(report, _)| (report, args.common.json))
+}
+
+/// `channel`.
+pub(crate) fn channel(args: &ChannelArgs) -> Result<(ChannelReport, bool), String> {
+    v1::check_channel(&args.channel)?;
+    let (run, reports) = broadcast(&args.load, Some(&args.channel))?;
+    let mut offsets = OffsetCheck::default();
+    for report in &reports {
+        offsets.add(&report.offsets);
+    }
+    let failures = run.lost.max(0) as u64
+        + offsets.gaps
+        + offsets.duplicates
+        + offsets.publish_errors
+        + run.duplicates
+        + run.out_of_order
+        + run.skipped;
+    let report = ChannelReport {
+        run,
+        channel: args.channel.clone(),
+        offsets,
+        failures,
+    };
+    Ok((report, args.load.common.json))
+}
+
+/// `fanout`, or with a channel `channel`: open, send on the schedule, drain, merge.
+fn broadcast(
+    args: &FanoutArgs,
+    channel: Option<&str>,
+) -> Result<(FanoutReport, Vec<WorkerReport>), String> {
     let began = Instant::now();
     let pid = args.common.server_pid;
     if args.size < crate::wire::HEADER_LEN {
@@ -522,12 +596,23 @@ pub(crate) fn fanout(args: &FanoutArgs) -> Result<(FanoutReport, bool), String> 
         return Err(format!("no process {pid} to measure"));
     }
     let Setup { sources, mut fleet } = setup(
-        Mode::Fanout,
+        if channel.is_some() {
+            Mode::Channel
+        } else {
+            Mode::Fanout
+        },
         &args.common,
         args.conns,
         args.conns,
         args.connect_rate,
-        (args.senders, args.size, rate, in_flight),
+        Traffic {
+            senders: args.senders,
+            size: args.size,
+            msg_rate: rate,
+            in_flight,
+            protocol: channel.map(|_| v1::SUBPROTOCOL.to_string()),
+            channel: channel.map(str::to_string),
+        },
         0,
     )?;
     let mut progress = Progress::new(args.common.quiet);
@@ -659,7 +744,11 @@ pub(crate) fn fanout(args: &FanoutArgs) -> Result<(FanoutReport, bool), String> 
     let workers = fleet.len();
     fleet.finish();
     let report = FanoutReport {
-        scenario: "fanout",
+        scenario: if channel.is_some() {
+            "channel"
+        } else {
+            "fanout"
+        },
         url: args.common.url.clone(),
         conns: args.conns,
         opened: opened.opened,
@@ -709,7 +798,7 @@ pub(crate) fn fanout(args: &FanoutArgs) -> Result<(FanoutReport, bool), String> 
         client,
         wall_s: began.elapsed().as_secs_f64(),
     };
-    Ok((report, args.common.json))
+    Ok((report, reports))
 }
 
 /// `churn`.
@@ -725,7 +814,7 @@ pub(crate) fn churn(args: &ChurnArgs) -> Result<(ChurnReport, bool), String> {
         args.conns,
         args.conns.max(args.cycles),
         0.0,
-        (0, 0, 0.0, 0),
+        Traffic::default(),
         args.cycles,
     )?;
     let start = CpuSample::take(&fleet, pid);

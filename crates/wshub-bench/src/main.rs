@@ -1,15 +1,19 @@
-//! `wshub-bench`: a load generator for WebSocket chat hubs. This file only parses the command
-//! line and dispatches: `idle`, `fanout` and `churn` run in the coordinator (which starts
-//! worker processes), the hidden `worker` subcommand is one of those workers.
+//! `wshub-bench`: a load generator for WebSocket chat hubs and wshub.v1 channels. This file
+//! only parses the command line and dispatches: `idle`, `fanout`, `channel` and `churn` run in
+//! the coordinator (which starts worker processes), `recover` runs on one connection in this
+//! process, the hidden `worker` subcommand is one of those workers.
 
 mod cli;
+mod client;
 mod conn;
 mod coordinator;
 mod hist;
 mod plan;
 mod proto;
+mod recover;
 mod report;
 mod sys;
+mod v1;
 mod wire;
 mod worker;
 
@@ -45,6 +49,10 @@ fn main() -> ExitCode {
             }
             Cmd::Fanout(args) => coordinator::fanout(args)
                 .map(|(r, json)| print(&r, json, report::FanoutReport::human)),
+            Cmd::Channel(args) => coordinator::channel(args)
+                .map(|(r, json)| print(&r, json, report::ChannelReport::human)),
+            Cmd::Recover(args) => recover::recover(args)
+                .map(|(r, json)| print(&r, json, report::RecoverReport::human)),
             Cmd::Churn(args) => coordinator::churn(args)
                 .map(|(r, json)| print(&r, json, report::ChurnReport::human)),
         };

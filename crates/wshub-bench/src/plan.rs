@@ -104,6 +104,8 @@ pub(crate) struct Common {
     pub(crate) tag: u16,
     pub(crate) cycles: u64,
     pub(crate) quick_acks: bool,
+    pub(crate) protocol: Option<String>,
+    pub(crate) channel: Option<String>,
 }
 
 /// `n` split into `parts` near-equal shares: (first index, count) of each.
@@ -152,6 +154,8 @@ pub(crate) fn split_plans(common: &Common, workers: usize) -> Vec<Plan> {
                 tag: common.tag,
                 cycles,
                 quick_acks: common.quick_acks,
+                protocol: common.protocol.clone(),
+                channel: common.channel.clone(),
             }
         })
         .collect()

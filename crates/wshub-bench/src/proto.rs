@@ -19,6 +19,9 @@ pub(crate) enum Mode {
     Fanout,
     /// Connect / handshake / close, over and over.
     Churn,
+    /// `wshub.v1`: every connection subscribes to one channel; some of them publish to it,
+    /// all count the pushes they receive and check their offsets.
+    Channel,
 }
 
 /// Everything a worker needs, sent as the first line on its stdin.
@@ -63,6 +66,13 @@ pub(crate) struct Plan {
     pub(crate) cycles: u64,
     /// Leave the kernel's quick ACKs on (else TCP_QUICKACK is cleared after every read).
     pub(crate) quick_acks: bool,
+    /// The WebSocket subprotocol to ask for (the server must choose it), if any.
+    #[serde(default)]
+    pub(crate) protocol: Option<String>,
+    /// `wshub.v1`: the channel every connection subscribes to right after its handshake
+    /// (it counts as opened once the subscribe reply arrived); channel mode publishes to it.
+    #[serde(default)]
+    pub(crate) channel: Option<String>,
 }
 
 /// When fan-out senders start, when warm-up ends and when sending stops (µs since the epoch).
@@ -151,6 +161,40 @@ pub(crate) struct WorkerReport {
     pub(crate) backlog_skipped: u64,
     /// Errors by kind (e.g. "connect: Connection refused"), with counts.
     pub(crate) errors: Vec<(String, u64)>,
+    /// Channel: the integrity of each subscriber's offsets and the publish replies.
+    #[serde(default)]
+    pub(crate) offsets: OffsetCheck,
+}
+
+/// Channel mode: what the subscribers saw of the channel's offsets (each push must carry the
+/// offset after the previous one, starting after the subscribe reply's), and how the
+/// publish commands were answered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct OffsetCheck {
+    /// Pushes whose offsets were checked.
+    pub(crate) pushes: u64,
+    /// Offsets jumped over, summed over subscribers.
+    pub(crate) gaps: u64,
+    /// Pushes with an offset at or below one already seen (repeated or late).
+    pub(crate) duplicates: u64,
+    /// Subscribers that saw at least one gap or duplicate.
+    pub(crate) subscribers_affected: u64,
+    /// Publish commands answered with a result.
+    pub(crate) publish_acks: u64,
+    /// Publish commands answered with an error.
+    pub(crate) publish_errors: u64,
+}
+
+impl OffsetCheck {
+    /// Adds `other`'s counts.
+    pub(crate) fn add(&mut self, other: &OffsetCheck) {
+        self.pushes += other.pushes;
+        self.gaps += other.gaps;
+        self.duplicates += other.duplicates;
+        self.subscribers_affected += other.subscribers_affected;
+        self.publish_acks += other.publish_acks;
+        self.publish_errors += other.publish_errors;
+    }
 }
 
 /// Worker → coordinator.

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::hist::Histogram;
-use crate::proto::SenderAnomaly;
+use crate::proto::{OffsetCheck, SenderAnomaly};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -143,9 +143,13 @@ pub(crate) struct IdleReport {
     pub(crate) scenario: &'static str,
     pub(crate) url: String,
     pub(crate) conns: u64,
+    /// The subprotocol asked for (`--subprotocol`, or wshub.v1 with `--subscribe`).
+    pub(crate) subprotocol: Option<String>,
+    /// The channel every connection subscribed to (`--subscribe`).
+    pub(crate) subscribe: Option<String>,
     pub(crate) opened: u64,
     pub(crate) failed: u64,
-    /// From the first connect to the last handshake, s.
+    /// From the first connect to the last handshake (with --subscribe: subscribe reply), s.
     pub(crate) time_to_open_s: f64,
     /// opened / time_to_open.
     pub(crate) open_rate_per_s: f64,
@@ -176,9 +180,10 @@ pub(crate) struct ServerCpu {
     pub(crate) rss_kib: u64,
 }
 
-/// `fanout` results.
+/// `fanout` results (and the part of `channel`'s they share).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct FanoutReport {
+    /// "fanout" or "channel".
     pub(crate) scenario: &'static str,
     pub(crate) url: String,
     pub(crate) conns: u64,
@@ -232,6 +237,175 @@ pub(crate) struct FanoutReport {
     pub(crate) workers: usize,
     pub(crate) sources: usize,
     pub(crate) client: ClientCpu,
+    pub(crate) wall_s: f64,
+}
+
+/// `channel` results: fanout's figures, the offsets the subscribers saw, and a verdict.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ChannelReport {
+    #[serde(flatten)]
+    pub(crate) run: FanoutReport,
+    pub(crate) channel: String,
+    /// Offset gaps and duplicates seen by the subscribers, publish acknowledgements/errors.
+    pub(crate) offsets: OffsetCheck,
+    /// Lost deliveries (if positive) + offset gaps + offset duplicates + publish errors +
+    /// per-sender duplicates, out-of-order and skipped sequence numbers: 0 in a good run.
+    pub(crate) failures: u64,
+}
+
+/// One reconnect-and-catch-up of `recover`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RecoverRound {
+    /// From writing the subscribe to the last byte of the frame that completed the set, ms.
+    pub(crate) catch_up_ms: f64,
+    /// From writing the subscribe to the first byte of the reply, ms.
+    pub(crate) first_byte_ms: f64,
+    /// Payload bytes of the subscribe reply.
+    pub(crate) reply_bytes: u64,
+    /// The reply's `recovered`.
+    pub(crate) recovered: bool,
+    /// The reply's epoch is the recorded one.
+    pub(crate) same_epoch: bool,
+    /// Publications in the reply.
+    pub(crate) in_reply: u64,
+    /// Publications that came as pushes after the reply.
+    pub(crate) as_pushes: u64,
+    /// Expected offsets that never came (before the timeout).
+    pub(crate) missing: u64,
+    /// Offsets that came more than once.
+    pub(crate) duplicates: u64,
+    /// Offsets that came after a higher one.
+    pub(crate) out_of_order: u64,
+    /// Offsets outside the expected range.
+    pub(crate) unexpected: u64,
+    /// Publications whose data is not what was published at that offset.
+    pub(crate) bad_data: u64,
+    /// Server CPU seconds from the subscribe to the last byte (with --server-pid).
+    pub(crate) server_cpu_s: Option<f64>,
+    /// This process's CPU seconds over the same time.
+    pub(crate) client_cpu_s: f64,
+    /// The error that ended the round early, if any.
+    pub(crate) error: Option<String>,
+}
+
+impl RecoverRound {
+    /// Everything that is wrong with the round, counted.
+    pub(crate) fn failures(&self) -> u64 {
+        self.missing
+            + self.duplicates
+            + self.out_of_order
+            + self.unexpected
+            + self.bad_data
+            + u64::from(!self.recovered)
+            + u64::from(!self.same_epoch)
+            + u64::from(self.error.is_some())
+    }
+}
+
+/// Min / median / mean / max of some values, ms.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Spread {
+    pub(crate) min_ms: f64,
+    pub(crate) median_ms: f64,
+    pub(crate) mean_ms: f64,
+    pub(crate) max_ms: f64,
+}
+
+impl Spread {
+    /// Of `values` (ms).
+    pub(crate) fn of(values: &[f64]) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        Self {
+            min_ms: sorted[0],
+            median_ms: if n % 2 == 1 {
+                sorted[n / 2]
+            } else {
+                (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+            },
+            mean_ms: sorted.iter().sum::<f64>() / n as f64,
+            max_ms: sorted[n - 1],
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "median {} (min {}, mean {}, max {})",
+            ms(self.median_ms),
+            ms(self.min_ms),
+            ms(self.mean_ms),
+            ms(self.max_ms)
+        )
+    }
+}
+
+/// Server CPU for `recover`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RecoverServer {
+    pub(crate) pid: u32,
+    /// Over the complete rounds' catch-ups, s.
+    pub(crate) cpu_s: f64,
+    /// Per round, s.
+    pub(crate) cpu_s_per_round: f64,
+    /// Per recovered publication, µs.
+    pub(crate) cpu_us_per_publication: f64,
+    /// Where the CPU time came from: "schedstat" (ns resolution) or "stat" (10 ms ticks).
+    pub(crate) source: &'static str,
+}
+
+/// The tool's CPU for `recover`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RecoverClient {
+    /// This process's CPU seconds during the catch-ups.
+    pub(crate) cpu_s: f64,
+    /// Its share of one core during them, %.
+    pub(crate) core_pct: f64,
+    /// More than 90%: the catch-up time may be the client's.
+    pub(crate) client_bound: bool,
+}
+
+/// `recover` results.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RecoverReport {
+    pub(crate) scenario: &'static str,
+    pub(crate) url: String,
+    pub(crate) channel: String,
+    /// Publications made while the subscriber was away.
+    pub(crate) messages: u64,
+    /// Length of each one's data string.
+    pub(crate) size: usize,
+    /// "websocket" (publish command) or "http" (POST /api/publish).
+    pub(crate) published_via: &'static str,
+    /// Time to publish them all, s.
+    pub(crate) publish_s: f64,
+    pub(crate) publishes_per_s: f64,
+    /// The recorded position.
+    pub(crate) epoch: String,
+    pub(crate) since_offset: u64,
+    /// Offset of the last publication.
+    pub(crate) last_offset: u64,
+    /// Publications by others in between (offsets that were not ours).
+    pub(crate) foreign: u64,
+    pub(crate) repeat: u32,
+    pub(crate) rounds: Vec<RecoverRound>,
+    /// Over the rounds that got every publication back (so are `server` and `client`).
+    pub(crate) catch_up: Spread,
+    pub(crate) first_byte: Spread,
+    /// Of the first round's reply.
+    pub(crate) reply_bytes: u64,
+    /// reply_bytes / publications in it.
+    pub(crate) reply_bytes_per_publication: f64,
+    /// Recovered publications per second of catch-up (median round).
+    pub(crate) publications_per_s: f64,
+    pub(crate) server: Option<RecoverServer>,
+    pub(crate) client: RecoverClient,
+    /// Sum of the rounds' failures (missing, duplicate, out-of-order, unexpected offsets,
+    /// wrong data, `recovered: false`, another epoch, errors): 0 in a good run.
+    pub(crate) failures: u64,
     pub(crate) wall_s: f64,
 }
 
@@ -302,7 +476,17 @@ impl IdleReport {
     /// The human-readable report.
     pub(crate) fn human(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "idle {}", self.url);
+        let _ = writeln!(
+            out,
+            "idle {}{}",
+            self.url,
+            match (&self.subscribe, &self.subprotocol) {
+                (Some(channel), Some(p)) =>
+                    format!(" ({p}, every connection subscribed to {channel})"),
+                (None, Some(p)) => format!(" ({p})"),
+                _ => String::new(),
+            }
+        );
         let _ = writeln!(
             out,
             "connections:       {} opened, {} failed (of {}), {} workers, {} source addresses",
@@ -347,6 +531,11 @@ impl IdleReport {
 impl FanoutReport {
     /// The human-readable report.
     pub(crate) fn human(&self) -> String {
+        self.render(|_| {})
+    }
+
+    /// The human-readable report, with `more` lines after the deliveries.
+    fn render(&self, more: impl FnOnce(&mut String)) -> String {
         let mut out = String::new();
         let mode = match (self.in_flight, self.rate) {
             (Some(k), _) => format!(
@@ -358,7 +547,8 @@ impl FanoutReport {
         };
         let _ = writeln!(
             out,
-            "fanout {}: {} conns, {} senders, {mode}, {} B messages{}",
+            "{} {}: {} conns, {} senders, {mode}, {} B messages{}",
+            self.scenario,
             self.url,
             self.conns,
             self.senders,
@@ -407,6 +597,7 @@ impl FanoutReport {
                 self.stalls, self.backlog_skipped, self.foreign
             );
         }
+        more(&mut out);
         let _ = writeln!(
             out,
             "throughput:        {} deliveries/s ({} received during the window)",
@@ -426,6 +617,165 @@ impl FanoutReport {
             );
         }
         self.client.render(&mut out);
+        let _ = writeln!(out, "wall time:         {:.1} s", self.wall_s);
+        out
+    }
+}
+
+impl ChannelReport {
+    /// The human-readable report.
+    pub(crate) fn human(&self) -> String {
+        self.run.render(|out| {
+            let o = &self.offsets;
+            let _ = writeln!(
+                out,
+                "offsets:           channel {}: {} pushes checked, {} gaps, {} duplicates ({} subscribers affected)",
+                self.channel, o.pushes, o.gaps, o.duplicates, o.subscribers_affected
+            );
+            let _ = writeln!(
+                out,
+                "publish replies:   {} results, {} errors ({} publishes sent)",
+                o.publish_acks, o.publish_errors, self.run.sent_total
+            );
+            if self.failures > 0 {
+                let _ = writeln!(
+                    out,
+                    "FAILURES:          {} (lost deliveries, offset gaps and duplicates, publish errors, sequence anomalies)",
+                    self.failures
+                );
+            }
+        })
+    }
+}
+
+impl RecoverReport {
+    /// The human-readable report.
+    pub(crate) fn human(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "recover {}: channel {}, {} publications of {} B missed, {} round{}",
+            self.url,
+            self.channel,
+            self.messages,
+            self.size,
+            self.repeat,
+            if self.repeat == 1 { "" } else { "s" }
+        );
+        let _ = writeln!(
+            out,
+            "published:         via {} in {:.2} s ({}/s); offsets {}..={} of epoch {}{}",
+            self.published_via,
+            self.publish_s,
+            si(self.publishes_per_s),
+            self.since_offset + 1,
+            self.last_offset,
+            self.epoch,
+            if self.foreign > 0 {
+                format!(", {} of them by others", self.foreign)
+            } else {
+                String::new()
+            }
+        );
+        let complete = self
+            .rounds
+            .iter()
+            .filter(|r| r.error.is_none() && r.recovered && r.missing == 0)
+            .count();
+        let _ = writeln!(
+            out,
+            "catch-up:          {}{}",
+            if complete == 0 {
+                "none: no round recovered everything".to_string()
+            } else {
+                self.catch_up.line()
+            },
+            if complete > 0 && complete < self.rounds.len() {
+                format!(
+                    " over the {complete} of {} rounds that recovered everything",
+                    self.rounds.len()
+                )
+            } else {
+                String::new()
+            }
+        );
+        if complete > 0 {
+            let _ = writeln!(out, "  first byte:      {}", self.first_byte.line());
+        }
+        let _ = writeln!(
+            out,
+            "reply:             {} bytes ({:.0} per publication); {} publications/s",
+            self.reply_bytes,
+            self.reply_bytes_per_publication,
+            si(self.publications_per_s)
+        );
+        if let Some(s) = &self.server {
+            let _ = writeln!(
+                out,
+                "server cpu:        {:.4} s per catch-up, {:.2} µs per publication ({}, pid {})",
+                s.cpu_s_per_round, s.cpu_us_per_publication, s.source, s.pid
+            );
+        }
+        for (i, r) in self.rounds.iter().enumerate() {
+            let failures = r.failures();
+            if failures > 0 || self.rounds.len() <= 5 {
+                let _ = writeln!(
+                    out,
+                    "  round {}: {} in {} (first byte {}), {} in the reply + {} pushes, recovered {}{}",
+                    i + 1,
+                    r.in_reply + r.as_pushes,
+                    ms(r.catch_up_ms),
+                    ms(r.first_byte_ms),
+                    r.in_reply,
+                    r.as_pushes,
+                    r.recovered,
+                    if failures > 0 {
+                        format!(
+                            "; {} missing, {} duplicates, {} out of order, {} unexpected, {} wrong data{}{}",
+                            r.missing,
+                            r.duplicates,
+                            r.out_of_order,
+                            r.unexpected,
+                            r.bad_data,
+                            if r.same_epoch { "" } else { ", another epoch" },
+                            r.error
+                                .as_deref()
+                                .map(|e| format!(", error: {e}"))
+                                .unwrap_or_default()
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+        if self.rounds.iter().any(|r| !r.recovered) {
+            let _ = writeln!(
+                out,
+                "NOT RECOVERED:     the server no longer had the publications: run it with \
+                 --history-size {} or more and catch up within its --history-ttl",
+                self.messages
+            );
+        }
+        let _ = writeln!(
+            out,
+            "client cpu:        {:.4} s during the catch-ups ({:.0}% of a core){}",
+            self.client.cpu_s,
+            self.client.core_pct,
+            if self.client.client_bound {
+                "; CLIENT-BOUND: the catch-up time may be the client's"
+            } else {
+                ""
+            }
+        );
+        if self.failures > 0 {
+            let _ = writeln!(out, "FAILURES:          {}", self.failures);
+        } else {
+            let _ = writeln!(
+                out,
+                "verified:          every offset exactly once, in order, with its data; recovered: true"
+            );
+        }
         let _ = writeln!(out, "wall time:         {:.1} s", self.wall_s);
         out
     }

@@ -50,6 +50,41 @@ pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some((utime + stime) as f64 / ticks_per_second() as f64)
 }
 
+/// CPU seconds this process has used so far, all threads, with nanosecond resolution
+/// (CLOCK_PROCESS_CPUTIME_ID): cheap enough to read after every message.
+pub(crate) fn own_cpu_seconds() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// CPU seconds that `pid` (`None`: this process) has used so far, with nanosecond
+/// resolution: the sum of the first field of /proc/PID/task/*/schedstat (time on a CPU) over
+/// its live threads. For short measurements (a catch-up of a few ms), where the 10 ms ticks of
+/// /proc/PID/stat say nothing. Threads that exit between two readings take their time with
+/// them, so a difference can come out low (or negative; callers clamp it).
+pub(crate) fn cpu_seconds_fine(pid: Option<u32>) -> Option<f64> {
+    let dir = match pid {
+        Some(pid) => format!("/proc/{pid}/task"),
+        None => "/proc/self/task".to_string(),
+    };
+    let mut total_ns = 0u64;
+    let mut any = false;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(ns) = text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            total_ns += ns;
+            any = true;
+        }
+    }
+    any.then(|| total_ns as f64 / 1e9)
+}
+
 /// CPU seconds that all processes on the machine have used so far, across all cores: user,
 /// nice, system and steal time of the `cpu` line of /proc/stat. Interrupt and softirq time
 /// (much of it loopback packet processing caused by the run itself) is left out.
@@ -140,6 +175,8 @@ mod tests {
         assert!(cpu_seconds(None).is_some());
         assert!(machine_busy_seconds().unwrap_or(0.0) > 0.0);
         assert!(cpu_seconds(Some(std::process::id())).is_some());
+        assert!(cpu_seconds_fine(None).unwrap_or(0.0) > 0.0);
+        assert!(own_cpu_seconds() > 0.0);
         assert!(ticks_per_second() >= 100);
         assert!(allowed_cpus() >= 1);
         assert!(ephemeral_ports() > 1000);

@@ -1,7 +1,7 @@
 //! The bytes on the wire: the hand-written client handshake (request, 101 check,
-//! Sec-WebSocket-Accept), masked client frames, the incremental server-frame decoder that
-//! works in place over a shared read buffer, and the benchmark payload header
-//! (run tag, measured flag, sender id, sequence number, send timestamp).
+//! Sec-WebSocket-Accept, optionally a subprotocol), masked client frames, the incremental
+//! server-frame decoder that works in place over a shared read buffer, and the benchmark
+//! payload header (run tag, measured flag, sender id, sequence number, send timestamp).
 
 use base64::Engine as _;
 use sha1::{Digest as _, Sha1};
@@ -36,17 +36,21 @@ pub(crate) fn accept_for(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-/// The upgrade request.
-pub(crate) fn request(host: &str, path: &str, key: &str) -> String {
+/// The upgrade request, asking for `protocol` (`Sec-WebSocket-Protocol`) if given.
+pub(crate) fn request(host: &str, path: &str, key: &str, protocol: Option<&str>) -> String {
+    let protocol = protocol
+        .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+        .unwrap_or_default();
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
     )
 }
 
-/// Checks a complete response head (up to and including the blank line): status 101 and the
-/// right accept value. The error is a short description for the report.
-pub(crate) fn check_response(head: &[u8], key: &str) -> Result<(), String> {
+/// Checks a complete response head (up to and including the blank line): status 101, the
+/// right accept value and, if one was asked for, that the server chose `protocol`. The error
+/// is a short description for the report.
+pub(crate) fn check_response(head: &[u8], key: &str, protocol: Option<&str>) -> Result<(), String> {
     let text = String::from_utf8_lossy(head);
     let mut lines = text.split("\r\n");
     let status = lines.next().unwrap_or("");
@@ -56,18 +60,28 @@ pub(crate) fn check_response(head: &[u8], key: &str) -> Result<(), String> {
         return Err(format!("HTTP {code} instead of 101"));
     }
     let want = accept_for(key);
+    let (mut accept, mut chosen) = (None, None);
     for line in lines {
-        if let Some((name, value)) = line.split_once(':')
-            && name.trim().eq_ignore_ascii_case("sec-websocket-accept")
-        {
-            return if value.trim() == want {
-                Ok(())
-            } else {
-                Err("wrong Sec-WebSocket-Accept".into())
-            };
+        if let Some((name, value)) = line.split_once(':') {
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("sec-websocket-accept") {
+                accept = Some(value.trim());
+            } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+                chosen = Some(value.trim());
+            }
         }
     }
-    Err("101 without Sec-WebSocket-Accept".into())
+    match accept {
+        None => return Err("101 without Sec-WebSocket-Accept".into()),
+        Some(accept) if accept != want => return Err("wrong Sec-WebSocket-Accept".into()),
+        Some(_) => {}
+    }
+    match (protocol, chosen) {
+        (None, _) => Ok(()),
+        (Some(asked), Some(chosen)) if chosen == asked => Ok(()),
+        (Some(asked), Some(chosen)) => Err(format!("subprotocol {chosen} instead of {asked}")),
+        (Some(asked), None) => Err(format!("server did not choose subprotocol {asked}")),
+    }
 }
 
 /// Where the response head ends (index just past `\r\n\r\n`), if it is complete.
@@ -108,8 +122,8 @@ pub(crate) fn push_close(out: &mut Vec<u8>) {
 /// What the decoder hands to its caller for each frame it finishes looking at.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Event<'a> {
-    /// The first frame of a text or binary message: at least the first
-    /// `min(len, HEADER_LEN)` payload bytes, unmasked.
+    /// The first frame of a text or binary message: at least the first `min(len, prefix)`
+    /// payload bytes, unmasked (`prefix`: the decoder's, `HEADER_LEN` by default).
     Message(&'a [u8]),
     /// A ping with its whole payload.
     Ping(&'a [u8]),
@@ -119,18 +133,38 @@ pub(crate) enum Event<'a> {
     Bad(u8),
 }
 
+/// The longest message prefix a decoder can be asked to hand over.
+pub(crate) const MAX_PREFIX: usize = 384;
+
 /// Bytes of a server frame that may have to be kept between reads: a frame header (at most
-/// 14) plus a control payload (at most 125) or a message prefix (`HEADER_LEN`).
-pub(crate) const MAX_CARRY: usize = 256;
+/// 14) plus a control payload (at most 125) or a message prefix (at most `MAX_PREFIX`).
+pub(crate) const MAX_CARRY: usize = 512;
 
 /// Decoder state kept per connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Decoder {
     /// Payload bytes of an already reported (or ignored) frame still to be skipped.
     pub(crate) skip: u64,
+    /// How many payload bytes of each message to hand over.
+    prefix: u64,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new(HEADER_LEN)
+    }
 }
 
 impl Decoder {
+    /// A decoder that hands over the first `prefix` bytes of each message (at most
+    /// `MAX_PREFIX`): `HEADER_LEN` for raw benchmark messages, more for `wshub.v1` JSON.
+    pub(crate) fn new(prefix: usize) -> Self {
+        Self {
+            skip: 0,
+            prefix: prefix.min(MAX_PREFIX) as u64,
+        }
+    }
+
     /// Walks the frames in `buf`, calling `on` for each event. Returns how many bytes were
     /// consumed; the rest (at most `MAX_CARRY` bytes, the start of an unfinished frame) must
     /// be presented again, followed by more data.
@@ -182,7 +216,7 @@ impl Decoder {
             let avail = (rest.len() - hlen) as u64;
             // How much payload must be in hand before the frame can be handled.
             let need = match opcode {
-                op::TEXT | op::BINARY => len.min(HEADER_LEN as u64),
+                op::TEXT | op::BINARY => len.min(self.prefix),
                 op::PING | op::CLOSE => len,
                 _ => 0,
             };
@@ -319,8 +353,21 @@ mod tests {
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
         let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
-        assert_eq!(check_response(head, "dGhlIHNhbXBsZSBub25jZQ=="), Ok(()));
-        assert!(check_response(b"HTTP/1.1 503 Busy\r\n\r\n", "x").is_err());
+        assert_eq!(
+            check_response(head, "dGhlIHNhbXBsZSBub25jZQ==", None),
+            Ok(())
+        );
+        assert!(check_response(head, "dGhlIHNhbXBsZSBub25jZQ==", Some("wshub.v1")).is_err());
+        let with = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Protocol: wshub.v1\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert_eq!(
+            check_response(with, "dGhlIHNhbXBsZSBub25jZQ==", Some("wshub.v1")),
+            Ok(())
+        );
+        assert!(
+            request("h", "/", "k", Some("wshub.v1"))
+                .contains("Sec-WebSocket-Protocol: wshub.v1\r\n\r\n")
+        );
+        assert!(check_response(b"HTTP/1.1 503 Busy\r\n\r\n", "x", None).is_err());
         assert_eq!(head_end(head), Some(head.len()));
         assert_eq!(new_key().len(), 24);
     }
@@ -393,6 +440,32 @@ mod tests {
                 ["m32x", "ping2", "m32y", "m32z", "close"],
                 "chunk {chunk}"
             );
+        }
+    }
+
+    #[test]
+    fn longer_prefixes_split_anywhere() {
+        let mut stream = Vec::new();
+        stream.extend(unmasked(op::TEXT, &[b'a'; 100]));
+        stream.extend(unmasked(op::TEXT, &vec![b'b'; 5_000]));
+        stream.extend(unmasked(op::PING, &[b'p'; 125]));
+        stream.extend(unmasked(op::TEXT, &vec![b'c'; 70_000]));
+        for chunk in [1usize, 5, 200, 383, 385, 4096] {
+            let mut d = Decoder::new(MAX_PREFIX);
+            let mut events = Vec::new();
+            let mut carry: Vec<u8> = Vec::new();
+            for piece in stream.chunks(chunk) {
+                let mut buf = carry.clone();
+                buf.extend_from_slice(piece);
+                let used = d.feed(&mut buf, |e| {
+                    if let Event::Message(p) | Event::Ping(p) = e {
+                        events.push(format!("{}{}", p.len(), p[0] as char));
+                    }
+                });
+                carry = buf[used..].to_vec();
+                assert!(carry.len() <= MAX_CARRY, "chunk {chunk}");
+            }
+            assert_eq!(events, ["100a", "384b", "125p", "384c"], "chunk {chunk}");
         }
     }
 }

@@ -96,7 +96,7 @@ async fn work(plan: Plan, mut commands: mpsc::UnboundedReceiver<Command>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let opener = match mode {
         Mode::Churn => spawn_local(churn(shared.clone())),
-        Mode::Idle | Mode::Fanout => {
+        Mode::Idle | Mode::Fanout | Mode::Channel => {
             spawn_local(open_all(shared.clone(), go_rx.clone(), stop_rx.clone()))
         }
     };
@@ -161,6 +161,7 @@ async fn work(plan: Plan, mut commands: mpsc::UnboundedReceiver<Command>) {
         stalls: shared.stalls.get(),
         backlog_skipped: shared.backlog_skipped.get(),
         errors: shared.errors(),
+        offsets: shared.offsets.borrow().clone(),
     };
     emit(&Event::Final(Box::new(report)));
     // Close politely: every connection sends a close frame and waits (briefly) for the

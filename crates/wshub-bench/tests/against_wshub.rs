@@ -1,7 +1,8 @@
 //! End-to-end checks of the wshub-bench binary against a real `wshub serve` (the debug build
 //! of crates/wshub-server, target/debug/wshub): each test starts its own server on an
 //! ephemeral port, runs one subcommand with `--json`, and checks the counts — every message
-//! sent in the window delivered to every connection, nothing lost, every handshake accepted.
+//! sent in the window delivered to every connection, nothing lost, every handshake accepted,
+//! every channel offset seen once and in order, every missed publication recovered.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -117,7 +118,11 @@ fn n(report: &Value, key: &str) -> u64 {
 }
 
 fn check_fanout(report: &Value, conns: u64) {
-    assert_eq!(report["scenario"], "fanout");
+    check_broadcast(report, "fanout", conns);
+}
+
+fn check_broadcast(report: &Value, scenario: &str, conns: u64) {
+    assert_eq!(report["scenario"], scenario);
     assert_eq!(n(report, "opened"), conns, "{report}");
     assert_eq!(n(report, "failed"), 0, "{report}");
     let sent = n(report, "sent");
@@ -270,6 +275,247 @@ fn churn_completes_every_cycle() {
     assert!(report["handshakes_per_s"].as_f64().unwrap() > 0.0);
 }
 
+/// The channel workload's own checks: every push's offset one after the previous one, every
+/// publish answered with a result, no failures.
+fn check_channel(report: &Value, conns: u64) {
+    check_broadcast(report, "channel", conns);
+    let offsets = &report["offsets"];
+    for key in [
+        "gaps",
+        "duplicates",
+        "subscribers_affected",
+        "publish_errors",
+    ] {
+        assert_eq!(n(offsets, key), 0, "{key}: {report}");
+    }
+    // Pushes of one channel arrive in order, so once the window's last message reached every
+    // subscriber, so had every earlier one (warm-up included).
+    let sent_total = n(report, "sent_total");
+    assert_eq!(n(offsets, "pushes"), sent_total * conns, "{report}");
+    // Replies are consumed, not counted as deliveries (they may still be on the way at the
+    // end).
+    assert!(n(offsets, "publish_acks") <= sent_total, "{report}");
+    assert!(n(offsets, "publish_acks") > 0, "{report}");
+    assert_eq!(n(report, "failures"), 0, "{report}");
+}
+
+#[test]
+fn channel_closed_loop_delivers_every_offset_once() {
+    let server = Server::start(&[]);
+    let report = bench(&[
+        "channel",
+        "--url",
+        &server.url(),
+        "--conns",
+        "50",
+        "--senders",
+        "5",
+        "--in-flight",
+        "10",
+        "--warmup",
+        "500ms",
+        "--duration",
+        "1500ms",
+        "--drain",
+        "10s",
+        "--channel",
+        "bench:test",
+        "--server-pid",
+        &server.pid(),
+    ]);
+    check_channel(&report, 50);
+    assert_eq!(report["channel"], "bench:test");
+    assert_eq!(report["mode"], "closed-loop");
+    assert_eq!(n(&report, "stalls"), 0, "{report}");
+}
+
+#[test]
+fn channel_fixed_rate_over_two_workers_delivers_every_offset_once() {
+    let server = Server::start(&[]);
+    let report = bench(&[
+        "channel",
+        "--url",
+        &server.url(),
+        "--conns",
+        "40",
+        "--senders",
+        "4",
+        "--rate",
+        "200",
+        "--size",
+        "200",
+        "--warmup",
+        "300ms",
+        "--duration",
+        "1s",
+        "--drain",
+        "10s",
+        "--workers",
+        "2",
+        "--server-pid",
+        &server.pid(),
+    ]);
+    check_channel(&report, 40);
+    assert_eq!(report["mode"], "fixed-rate");
+    assert_eq!(n(&report, "workers"), 2);
+}
+
+#[test]
+fn channel_reports_publish_errors_as_failures() {
+    let server = Server::start(&["--client-publish", "false"]);
+    let report = bench(&[
+        "channel",
+        "--url",
+        &server.url(),
+        "--conns",
+        "5",
+        "--senders",
+        "1",
+        "--in-flight",
+        "2",
+        "--warmup",
+        "100ms",
+        "--duration",
+        "300ms",
+        "--drain",
+        "200ms",
+    ]);
+    assert_eq!(n(&report, "opened"), 5, "{report}");
+    assert_eq!(n(&report["offsets"], "publish_errors"), 2, "{report}");
+    assert_eq!(n(&report["offsets"], "pushes"), 0, "{report}");
+    assert!(n(&report, "failures") >= 2, "{report}");
+    let errors = report["errors"].as_object().unwrap();
+    assert!(errors.keys().any(|k| k.contains("403")), "{report}");
+}
+
+fn check_recover(report: &Value, messages: u64, rounds: u64) {
+    assert_eq!(report["scenario"], "recover");
+    assert_eq!(n(report, "failures"), 0, "{report}");
+    assert_eq!(n(report, "messages"), messages);
+    assert_eq!(
+        n(report, "last_offset") - n(report, "since_offset"),
+        messages,
+        "{report}"
+    );
+    let list = report["rounds"].as_array().unwrap();
+    assert_eq!(list.len() as u64, rounds, "{report}");
+    for round in list {
+        assert_eq!(round["recovered"], true, "{report}");
+        assert_eq!(round["same_epoch"], true, "{report}");
+        assert_eq!(n(round, "in_reply") + n(round, "as_pushes"), messages);
+        for key in [
+            "missing",
+            "duplicates",
+            "out_of_order",
+            "unexpected",
+            "bad_data",
+        ] {
+            assert_eq!(n(round, key), 0, "{key}: {report}");
+        }
+        assert!(round["error"].is_null(), "{report}");
+        let catch_up = round["catch_up_ms"].as_f64().unwrap();
+        let first_byte = round["first_byte_ms"].as_f64().unwrap();
+        assert!(0.0 < first_byte && first_byte <= catch_up, "{round}");
+    }
+    // Every publication's data is a 64-character string: the reply holds at least that.
+    assert!(n(report, "reply_bytes") > messages * 64, "{report}");
+    assert!(report["catch_up"]["median_ms"].as_f64().unwrap() > 0.0);
+    let server = &report["server"];
+    assert!(server["cpu_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(server["cpu_us_per_publication"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn recover_over_websocket_gets_all_2000_back() {
+    let server = Server::start(&["--history-size", "2000"]);
+    let report = bench(&[
+        "recover",
+        "--url",
+        &server.url(),
+        "--messages",
+        "2000",
+        "--repeat",
+        "2",
+        "--server-pid",
+        &server.pid(),
+    ]);
+    check_recover(&report, 2000, 2);
+    assert_eq!(report["published_via"], "websocket");
+}
+
+#[test]
+fn recover_after_http_publishing_gets_all_2000_back() {
+    let server = Server::start(&["--history-size", "2000", "--api-key", "secret"]);
+    let report = bench(&[
+        "recover",
+        "--url",
+        &server.url(),
+        "--messages",
+        "2000",
+        "--api-key",
+        "secret",
+        "--channel",
+        "recover:http",
+        "--server-pid",
+        &server.pid(),
+    ]);
+    check_recover(&report, 2000, 1);
+    assert_eq!(report["published_via"], "http");
+    assert_eq!(report["channel"], "recover:http");
+}
+
+#[test]
+fn recover_beyond_the_history_is_a_failure() {
+    let server = Server::start(&["--history-size", "100"]);
+    let report = bench(&["recover", "--url", &server.url(), "--messages", "150"]);
+    let round = &report["rounds"][0];
+    assert_eq!(round["recovered"], false, "{report}");
+    assert_eq!(n(round, "missing"), 150, "{report}");
+    assert!(n(&report, "failures") > 0, "{report}");
+}
+
+#[test]
+fn idle_subscribe_opens_subscribed_connections() {
+    let server = Server::start(&["--channels", "chat:*"]);
+    let report = bench(&[
+        "idle",
+        "--url",
+        &server.url(),
+        "--conns",
+        "100",
+        "--hold",
+        "300ms",
+        "--subscribe",
+        "chat:idle",
+        "--server-pid",
+        &server.pid(),
+    ]);
+    assert_eq!(n(&report, "opened"), 100, "{report}");
+    assert_eq!(n(&report, "failed"), 0, "{report}");
+    assert_eq!(report["subprotocol"], "wshub.v1");
+    assert_eq!(report["subscribe"], "chat:idle");
+    assert!(report["server"]["bytes_per_conn"].is_number());
+    // A channel the server does not admit: every subscribe is refused and reported.
+    let report = bench(&[
+        "idle",
+        "--url",
+        &server.url(),
+        "--conns",
+        "5",
+        "--hold",
+        "0s",
+        "--subscribe",
+        "room",
+    ]);
+    assert_eq!(n(&report, "opened"), 0, "{report}");
+    assert_eq!(n(&report, "failed"), 5, "{report}");
+    let errors = report["errors"].as_object().unwrap();
+    assert!(
+        errors.keys().any(|k| k.starts_with("subscribe: 404")),
+        "{report}"
+    );
+}
+
 #[test]
 fn refused_connections_are_reported_not_fatal_for_idle() {
     // A port nothing listens on: every connect fails, and the report says so.
@@ -304,7 +550,20 @@ fn help_explains_scaling() {
         "worker",
         "--workers",
         "--drain",
+        "wshub.v1",
+        "recover",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}: {help}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_wshub-bench"))
+        .args(["recover", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--history-size", "--api-key", "since", "recovered"] {
+        assert!(
+            help.contains(needle),
+            "recover --help lacks {needle}: {help}"
+        );
     }
 }
