@@ -44,6 +44,61 @@ def workloads(smoke):
     ]
 
 
+def channel_workloads(smoke):
+    """wshub only (the peers have no channels): the same fan-out through a wshub.v1
+    channel and as a plain broadcast, recovery cost, memory per subscription. A channel
+    push carries ~76 bytes of JSON around its data, so the broadcast runs send 140 bytes
+    for 64 bytes of channel data: the same bytes on the wire."""
+    if smoke:
+        return [
+            ("broadcast 140 B", ["fanout", "--conns", "100", "--senders", "5", "--in-flight", "8", "--size", "140", "--duration", "2s", "--warmup", "0.5s"]),
+            ("channel 64 B", ["channel", "--conns", "100", "--senders", "5", "--in-flight", "8", "--size", "64", "--duration", "2s", "--warmup", "0.5s"]),
+            ("recover", ["recover", "--messages", "500", "--repeat", "2"]),
+            ("idle v1", ["idle", "--conns", "200", "--hold", "1s", "--subprotocol", "wshub.v1"]),
+            ("idle subscribed", ["idle", "--conns", "200", "--hold", "1s", "--subscribe", "bench"]),
+        ]
+    return [
+        ("broadcast 10k 140 B", ["fanout", "--conns", "10000", "--senders", "10", "--in-flight", "8", "--size", "140", "--duration", "10s"]),
+        ("channel 10k 64 B", ["channel", "--conns", "10000", "--senders", "10", "--in-flight", "8", "--size", "64", "--duration", "10s"]),
+        ("broadcast rate 100k/s", ["fanout", "--conns", "10000", "--senders", "10", "--rate", "10", "--size", "140", "--duration", "10s"]),
+        ("channel rate 100k/s", ["channel", "--conns", "10000", "--senders", "10", "--rate", "10", "--size", "64", "--duration", "10s"]),
+        ("recover 10k", ["recover", "--messages", "10000", "--repeat", "5"]),
+        ("idle 10k v1", ["idle", "--conns", "10000", "--hold", "3s", "--subprotocol", "wshub.v1"]),
+        ("idle 10k subscribed", ["idle", "--conns", "10000", "--hold", "3s", "--subscribe", "bench"]),
+    ]
+
+
+def channel_table(results, smoke):
+    """Channel vs broadcast figures from one run of the channel workloads."""
+    def get(label):
+        return results.get(label, {})
+    def per_cpu(label):
+        return (get(label).get("server") or {}).get("deliveries_per_cpu_s")
+    def p99(label):
+        return (get(label).get("latency") or {}).get("p99_ms")
+    rows = ["| figure | broadcast | channel | channel / broadcast |", "|---|---|---|---|"]
+    pairs = [("saturation", "broadcast 140 B", "channel 64 B")] if smoke else [
+        ("10k, saturation (8 in flight)", "broadcast 10k 140 B", "channel 10k 64 B"),
+        ("10k, 100k deliveries/s", "broadcast rate 100k/s", "channel rate 100k/s"),
+    ]
+    for name, b, c in pairs:
+        vb, vc = per_cpu(b), per_cpu(c)
+        if vb and vc:
+            rows.append(f"| {name}: deliveries/CPU-s | {vb:,.0f} | {vc:,.0f} | {vc / vb:.2f} |")
+        pb, pc = p99(b), p99(c)
+        if pb and pc:
+            rows.append(f"| {name}: p99 | {pb:.1f} ms | {pc:.1f} ms | {pc / pb:.2f} |")
+    rec = get("recover" if smoke else "recover 10k")
+    if rec.get("rounds"):
+        cpu = sorted(r.get("server_cpu_s") or 0 for r in rec["rounds"])[len(rec["rounds"]) // 2]
+        rows.append(f"| recovery of {rec.get('messages')} publications | – | catch-up {rec['catch_up']['median_ms']:.1f} ms (median of {len(rec['rounds'])}), reply {rec['rounds'][0]['reply_bytes']:,} bytes, server CPU {cpu * 1e3:.1f} ms | – |")
+    v1 = (get("idle v1" if smoke else "idle 10k v1").get("server") or {}).get("bytes_per_conn")
+    sub = (get("idle subscribed" if smoke else "idle 10k subscribed").get("server") or {}).get("bytes_per_conn")
+    if v1 and sub:
+        rows.append(f"| memory per subscription (RSS/conn subscribed − not) | – | {sub - v1:,.0f} bytes ({v1 / 1000:.1f} → {sub / 1000:.1f} KB per connection) | – |")
+    return "\n".join(rows)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,6 +198,11 @@ def check(label, result):
     problems = []
     if "error" in result:
         problems.append(result["error"])
+    if result.get("failures"):
+        problems.append(f"failures = {result['failures']} (lost, gaps, duplicates, publish errors)")
+    for r in result.get("rounds") or []:
+        if not r.get("recovered") or r.get("missing") or r.get("duplicates") or r.get("out_of_order") or r.get("error"):
+            problems.append(f"recovery round failed: {r}")
     for key in ("failed", "lost", "duplicates"):
         if result.get(key):
             problems.append(f"{key} = {result[key]}")
@@ -210,6 +270,20 @@ def main():
                     problems += check(f"{server} {label}", result)
                     shown = ", ".join(fmt.format(v) + " " + n for n, v, _, fmt in figures(result) if v is not None)
                     print(f"  {label}: {shown or result.get('error')}", flush=True)
+        channel_results = {}
+        if "wshub" in servers:
+            print("== wshub channels", flush=True)
+            base = commands["wshub"]
+            channels_cmd = lambda port: base(port) + ["--history-size", "10000"]
+            with open(os.path.join(OUT, "wshub-channels.log"), "w") as log:
+                for label, args in channel_workloads(opts.smoke):
+                    result = run_one("wshub", channels_cmd, label, args, log)
+                    channel_results[label] = result
+                    name = f"wshub-{label}".replace(" ", "_").replace("/", "")
+                    with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+                        json.dump(result, f, indent=1)
+                    problems += check(f"wshub {label}", result)
+                    print(f"  {label}: done", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -219,6 +293,8 @@ def main():
               f"{platform.system()} {platform.release()}; servers on CPU 0, wshub-bench on CPU 1. "
               "Ratios are wshub / peer (for RSS, latency and time, below 1 is better).")
     text = header + "\n\n" + table(results, servers, loads) + "\n"
+    if channel_results:
+        text += "\nChannels (wshub only, same run):\n\n" + channel_table(channel_results, opts.smoke) + "\n"
     with open(os.path.join(OUT, f"compare-{mode}.md"), "w") as f:
         f.write(text)
     print("\n" + text)
