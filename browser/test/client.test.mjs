@@ -76,6 +76,8 @@ test("recovers after a reconnect: in order, nothing twice", async () => {
   sub.on("publication", (p) => got.push(p.offset));
   sub.on("subscribed", (s) => subscribed.push(s));
   sub.on("resync", () => assert.fail("no resync expected"));
+  const recovered = [];
+  sub.on("recovered", (r) => recovered.push(`${r.count} before ${got.length}`));
   client.connect();
   assert.equal(socket().asked, "wshub.v1");
   socket().open();
@@ -109,6 +111,7 @@ test("recovers after a reconnect: in order, nothing twice", async () => {
     subscribed.map((s) => s.recovered),
     [false, true],
   );
+  assert.deepEqual(recovered, ["3 before 4"], "`recovered` once, after the recovered publications, before live ones");
   client.close();
   assert.equal(client.state, "disconnected");
 });

@@ -73,6 +73,8 @@ export interface SubscriptionEvents<T = unknown> {
   join: Member;
   leave: Member;
   subscribed: Subscribed;
+  /** After a reconnect, every missed publication has been delivered (`count` of them). */
+  recovered: StreamPosition & { count: number };
   /** Publications were lost (another epoch, or older than the server's history): reload the state. */
   resync: StreamPosition;
   /** The server refused the subscription (it is then removed). */

@@ -9,6 +9,7 @@
 //   room.on("publication", ({ data, offset, epoch }) => …);
 //   room.on("join", ({ conn }) => …).on("leave", ({ conn }) => …);
 //   room.on("subscribed", ({ recovered }) => …);  // after every (re)subscribe
+//   room.on("recovered", ({ count }) => …);       // after a reconnect: the missed ones are in
 //   room.on("resync", () => …);                   // history lost: reload the state
 //   room.on("error", (error) => …);               // the server refused the subscription
 //   client.connect();
@@ -43,7 +44,8 @@
 //
 // Events of a subscription, in order after each subscribe reply: `subscribed`
 // ({epoch, offset, recovered}), then `resync` ({epoch, offset}) if recovery was asked and
-// failed, then the recovered and live `publication`s ({channel, data, offset, epoch}).
+// failed, then the recovered `publication`s ({channel, data, offset, epoch}), then
+// `recovered` ({epoch, offset, count}) if recovery was asked and succeeded, then live ones.
 // Client events: `state` (the new state), `connected`, `disconnected` ({code, reason,
 // delay}: delay is the wait before the next attempt, undefined once closed).
 
@@ -326,6 +328,7 @@ export class Client extends Emitter {
         sub._emit("subscribed", { epoch, offset, recovered });
         if (since && !recovered) sub._emit("resync", { epoch, offset });
         for (const publication of publications) sub._deliver(publication);
+        if (since && recovered) sub._emit("recovered", { epoch, offset, count: publications.length });
         for (const publication of early) sub._deliver(publication);
       },
       0,
