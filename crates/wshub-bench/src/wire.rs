@@ -418,23 +418,15 @@ mod tests {
         stream.extend(unmasked(op::TEXT, &vec![b'z'; 70_000]));
         stream.extend(unmasked(op::CLOSE, &[3, 232]));
         for chunk in [1usize, 2, 3, 7, 64, 1000, 100_000] {
-            let mut d = Decoder::default();
             let mut events = Vec::new();
-            let mut carry: Vec<u8> = Vec::new();
-            for piece in stream.chunks(chunk) {
-                let mut buf = carry.clone();
-                buf.extend_from_slice(piece);
-                let used = d.feed(&mut buf, |e| {
-                    events.push(match e {
-                        Event::Message(p) => format!("m{}{}", p.len(), p[0] as char),
-                        Event::Ping(p) => format!("ping{}", p.len()),
-                        Event::Close => "close".into(),
-                        Event::Bad(o) => format!("bad{o}"),
-                    })
-                });
-                carry = buf[used..].to_vec();
-                assert!(carry.len() <= MAX_CARRY);
-            }
+            feed_in_chunks(Decoder::default(), &stream, chunk, |e| {
+                events.push(match e {
+                    Event::Message(p) => format!("m{}{}", p.len(), p[0] as char),
+                    Event::Ping(p) => format!("ping{}", p.len()),
+                    Event::Close => "close".into(),
+                    Event::Bad(o) => format!("bad{o}"),
+                })
+            });
             assert_eq!(
                 events,
                 ["m32x", "ping2", "m32y", "m32z", "close"],
@@ -451,21 +443,31 @@ mod tests {
         stream.extend(unmasked(op::PING, &[b'p'; 125]));
         stream.extend(unmasked(op::TEXT, &vec![b'c'; 70_000]));
         for chunk in [1usize, 5, 200, 383, 385, 4096] {
-            let mut d = Decoder::new(MAX_PREFIX);
             let mut events = Vec::new();
-            let mut carry: Vec<u8> = Vec::new();
-            for piece in stream.chunks(chunk) {
-                let mut buf = carry.clone();
-                buf.extend_from_slice(piece);
-                let used = d.feed(&mut buf, |e| {
-                    if let Event::Message(p) | Event::Ping(p) = e {
-                        events.push(format!("{}{}", p.len(), p[0] as char));
-                    }
-                });
-                carry = buf[used..].to_vec();
-                assert!(carry.len() <= MAX_CARRY, "chunk {chunk}");
-            }
+            feed_in_chunks(Decoder::new(MAX_PREFIX), &stream, chunk, |e| {
+                if let Event::Message(p) | Event::Ping(p) = e {
+                    events.push(format!("{}{}", p.len(), p[0] as char));
+                }
+            });
             assert_eq!(events, ["100a", "384b", "125p", "384c"], "chunk {chunk}");
+        }
+    }
+
+    /// Feeds `stream` to `decoder` in pieces of `chunk` bytes, carrying over what it did not
+    /// use as a reader would; the carry never exceeds `MAX_CARRY`.
+    fn feed_in_chunks(
+        mut decoder: Decoder,
+        stream: &[u8],
+        chunk: usize,
+        mut on: impl FnMut(Event<'_>),
+    ) {
+        let mut carry: Vec<u8> = Vec::new();
+        for piece in stream.chunks(chunk) {
+            let mut buf = carry.clone();
+            buf.extend_from_slice(piece);
+            let used = decoder.feed(&mut buf, &mut on);
+            carry = buf[used..].to_vec();
+            assert!(carry.len() <= MAX_CARRY, "chunk {chunk}");
         }
     }
 }
