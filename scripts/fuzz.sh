@@ -7,7 +7,8 @@
 #
 # Targets (fuzz/fuzz_targets/): config_toml (config files), http_request (the HTTP
 # surface: home, static files, upgrade checks, API bodies), websocket_frames (any bytes
-# a client may send after the handshake). Seeds: fuzz/seeds/<target>/ (committed); the
+# a client may send after the handshake, through a real connection), frame_reader (the
+# frame reader alone: the same result however the bytes are split). Seeds: fuzz/seeds/<target>/ (committed); the
 # growing corpus lives in target/fuzz-corpus/ (not committed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 cargo fuzz build -s none
-for target in config_toml http_request websocket_frames; do
+for target in config_toml http_request websocket_frames frame_reader; do
   corpus="$ROOT/target/fuzz-corpus/$target"
   mkdir -p "$corpus"
   echo "--- fuzz $target for ${SECONDS_PER}s"

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::broker::{Event, History, Publication};
 use crate::hub::ConnId;
-use crate::message::{CloseReason, Message};
-use crate::outbox::{Outbox, PushError};
+use crate::message::Message;
+use crate::outbox::Outbox;
 use crate::protocol;
 
 /// Registry shards, by a hash of the channel name.
@@ -91,13 +91,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Queues `message`, evicting the connection if its queue is full (as broadcast does).
-pub(crate) fn push_or_evict(id: ConnId, outbox: &Outbox, message: Message) {
-    if let Err(PushError::Full) = outbox.try_push(message)
-        && outbox.evict(CloseReason::SLOW_CONSUMER)
-    {
-        tracing::info!(conn_id = %id, "evicting slow consumer: send queue full");
-    }
+/// Sends `message` as broadcast does: a connection that cannot take it is evicted by its
+/// outbox, or already closing; either way there is nothing more to do here.
+pub(crate) fn push_or_evict(outbox: &Arc<Outbox>, message: Message) {
+    let _ = outbox.try_push(message);
 }
 
 impl Channels {
@@ -149,7 +146,7 @@ impl Channels {
         let Some(recovering) = entry.recovering.remove(&id) else {
             return;
         };
-        push_or_evict(id, &recovering.outbox, reply);
+        push_or_evict(&recovering.outbox, reply);
         let last = history
             .publications
             .last()
@@ -158,11 +155,7 @@ impl Channels {
         for publication in recovering.buffered {
             let newer = publication.epoch != history.position.epoch || publication.offset > last;
             if newer {
-                push_or_evict(
-                    id,
-                    &recovering.outbox,
-                    protocol::push(channel, &publication),
-                );
+                push_or_evict(&recovering.outbox, protocol::push(channel, &publication));
             }
         }
         entry.index.insert(id, entry.live.len());
@@ -200,7 +193,7 @@ impl Channels {
                 // Encoded once, shared by every live subscriber.
                 let frame = protocol::push(channel, &publication);
                 for live in &entry.live {
-                    push_or_evict(live.id, &live.outbox, frame.clone());
+                    push_or_evict(&live.outbox, frame.clone());
                 }
                 for recovering in entry.recovering.values_mut() {
                     recovering.buffered.push(publication.clone());
@@ -215,7 +208,7 @@ impl Channels {
                 };
                 let frame = protocol::presence_event(channel, kind, member);
                 for live in entry.live.iter().filter(|live| live.presence_events) {
-                    push_or_evict(live.id, &live.outbox, frame.clone());
+                    push_or_evict(&live.outbox, frame.clone());
                     delivered += 1;
                 }
             }

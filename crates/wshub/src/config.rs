@@ -16,13 +16,20 @@ pub struct Config {
     /// How often the server pings each connection; must be shorter than `pong_wait` so an
     /// idle but healthy peer always answers in time.
     pub ping_period: Duration,
-    /// A write (flush to the socket) that stalls longer than this drops the connection.
+    /// A connection whose socket takes no byte for this long, while we have bytes for
+    /// it, is dropped.
     pub write_wait: Duration,
-    /// Messages queued per connection before it counts as a slow consumer and is evicted.
+    /// Messages a connection may have waiting in user space once the kernel refuses more
+    /// (its socket buffer is full); past it, evicted with 1008 "slow consumer".
     pub send_queue: usize,
-    /// Socket read buffer per connection, in bytes.
+    /// Bytes a connection may have waiting in user space, as `send_queue` (one message is
+    /// always allowed, however large).
+    pub send_queue_bytes: usize,
+    /// Most bytes one read system call takes. The buffer is the worker thread's, shared
+    /// by its connections: an idle connection holds no read buffer.
     pub read_buffer_size: usize,
-    /// Bytes of outbound frames gathered before a write is issued (a flush always writes).
+    /// Kept from the Go original for compatibility; it has no effect: frames are written
+    /// straight from their shared buffers, up to 64 per system call.
     pub write_buffer_size: usize,
     /// Browser origins allowed to upgrade besides the same host; `"*"` allows any.
     pub allowed_origins: Vec<String>,
@@ -55,6 +62,7 @@ impl Default for Config {
             ping_period: Duration::from_secs(54),
             write_wait: Duration::from_secs(10),
             send_queue: 256,
+            send_queue_bytes: 1 << 20,
             read_buffer_size: 1024,
             write_buffer_size: 1024,
             allowed_origins: Vec::new(),
@@ -92,9 +100,10 @@ impl Config {
     /// Checks every value and the relations between them; the first problem wins.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |key, reason: String| Err(ConfigError { key, reason });
-        let positive: [(&'static str, usize); 4] = [
+        let positive: [(&'static str, usize); 5] = [
             ("max_message_size", self.max_message_size),
             ("send_queue", self.send_queue),
+            ("send_queue_bytes", self.send_queue_bytes),
             ("read_buffer_size", self.read_buffer_size),
             ("write_buffer_size", self.write_buffer_size),
         ];

@@ -1,37 +1,76 @@
-//! One connection's life: the Go original's read pump and write pump as one task.
+//! One connection's life: reading, keepalive, what the kernel refused, and the close.
 //!
-//! A single `select!` loop reads frames, drains the outbox, pings and watches the pong
-//! deadline. It ends exactly once, for one [`CloseReason`]: then it sends that close frame
-//! (if the link still works), waits briefly for the peer's, leaves the hub and tells the
-//! handler. Nothing here loops on a failed read or closes twice: every exit goes through
-//! the same `finish` path and the task ends with it.
+//! The connection owns its socket's read half; its write half sits in the
+//! [`Outbox`](crate::outbox), where publishers write to it directly. A single `select!`
+//! loop reads frames (into this worker thread's scratch buffer, parsed by the
+//! [`FrameReader`]), drives out what the kernel refused, pings, and watches the pong and
+//! write deadlines. It ends exactly once, for one [`CloseReason`]: then it sends that close
+//! frame after everything queued (if the link still works), waits briefly for the peer's,
+//! leaves the hub and tells the handler. Every exit goes through the same `finish` path.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use std::io::IoSlice;
-
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, error::ProtocolError};
 
+use crate::cork;
 use crate::handler::ConnInfo;
 use crate::hub::{Hub, Registration};
 use crate::message::{CloseReason, Message};
-use crate::outbox::Drained;
+use crate::outbox::{Drive, Writer};
+use crate::reader::{FrameReader, Inbound, ReadError};
 use crate::session::Session;
 
 /// How long we wait for the peer's close frame after sending ours ("wait briefly").
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// The read half of a connection's socket.
+pub(crate) type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// An upgraded socket, in its two directions.
+pub(crate) struct Socket {
+    pub(crate) read: Reader,
+    pub(crate) write: Writer,
+    /// Bytes the HTTP layer read past the upgrade request (the client's first frames).
+    pub(crate) read_ahead: Bytes,
+}
+
+impl Socket {
+    /// Any byte stream, split in two (the halves share a lock).
+    pub(crate) fn split<S>(stream: S, read_ahead: Bytes) -> Socket
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(stream);
+        Socket {
+            read: Box::new(read),
+            write: Box::new(write),
+            read_ahead,
+        }
+    }
+
+    /// A TCP socket: its halves need no lock, so publishers and the reader never meet.
+    pub(crate) fn tcp(stream: tokio::net::TcpStream, read_ahead: Bytes) -> Socket {
+        let (read, write) = stream.into_split();
+        Socket {
+            read: Box::new(read),
+            write: Box::new(write),
+            read_ahead,
+        }
+    }
+}
+
 /// How the loop ended.
 enum End {
     /// We close, for this reason: send the close frame, then wait for the peer's.
     Close(CloseReason),
-    /// The peer closed (its close frame has been answered), or the link broke.
+    /// The peer sent its close frame: echo it, and we are done.
+    PeerClosed(CloseReason),
+    /// The link broke (or stalled past `write_wait`).
     Gone(CloseReason),
 }
 
@@ -48,19 +87,14 @@ pub(crate) struct Request {
 /// if the upgrade failed), then reads, writes and closes it.
 ///
 /// This future is the connection's task for its whole life, so its size is per-connection
-/// memory (about 1.2 KB; `size_of_val` in the tests below). Hence its shape: one
-/// `async move` block, not an `async fn` (rustc stores an async fn's arguments twice), the
-/// request turned into the handler's [`ConnInfo`] before the future exists, and the
-/// WebSocket built inside, where it shares memory with the wait for the upgrade.
-pub(crate) fn run<S>(
-    upgrade: impl Future<Output = Option<S>> + Send,
-    ws_config: WebSocketConfig,
+/// memory (a test below keeps it small). Hence its shape: one `async move` block, not an
+/// `async fn` (rustc stores an async fn's arguments twice), the request turned into the
+/// handler's [`ConnInfo`] before the future exists, and rare, large futures boxed.
+pub(crate) fn run(
+    upgrade: impl Future<Output = Option<Socket>> + Send,
     registration: Registration,
     request: Request,
-) -> impl Future<Output = ()> + Send
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) -> impl Future<Output = ()> + Send {
     let info = ConnInfo {
         id: registration.id,
         remote_addr: request.remote_addr,
@@ -72,15 +106,42 @@ where
         let Some(socket) = upgrade.await else {
             return; // dropping the registration leaves the hub
         };
-        let mut ws = WebSocketStream::from_raw_socket(socket, Role::Server, Some(ws_config)).await;
+        let Socket {
+            mut read,
+            write,
+            read_ahead,
+        } = socket;
+        registration.outbox.attach(write);
         let hub = &registration.hub;
+        let mut reader = FrameReader::new(hub.config().max_message_size);
         tracing::debug!(conn_id = %info.id, remote = ?info.remote_addr, "connected");
         hub.handler().on_connect(hub, &info).await;
 
         let mut session = structured.then(Box::<Session>::default);
-        let end = pump(&mut ws, hub, &info, &registration, &mut session).await;
-        // Boxed for the same reason as the writes in `pump`: it runs once, at the end.
-        let reason = Box::pin(finish(&mut ws, end, &registration, hub.config().write_wait)).await;
+        let end = {
+            let pump = pump(
+                &mut read,
+                &mut reader,
+                read_ahead,
+                hub,
+                &info,
+                &registration,
+                &mut session,
+            );
+            let mut pump = std::pin::pin!(pump);
+            // Every poll of the connection is a round: what its handler publishes while
+            // it runs leaves in one write per recipient when the poll returns.
+            std::future::poll_fn(|cx| cork::round(|| pump.as_mut().poll(cx))).await
+        };
+        // Boxed: it runs once, at the end, and should not size every idle task.
+        let reason = Box::pin(finish(
+            &mut read,
+            end,
+            reader.peer_closed(),
+            &registration,
+            hub.config().write_wait,
+        ))
+        .await;
 
         registration.leave();
         if let Some(session) = session {
@@ -92,252 +153,188 @@ where
     }
 }
 
-/// The read pump and the write pump, interleaved; returns why the connection must end.
-async fn pump<S>(
-    ws: &mut WebSocketStream<S>,
+/// Reading, keepalive and the write deadline, interleaved; returns why the connection
+/// must end.
+async fn pump(
+    read: &mut Reader,
+    reader: &mut FrameReader,
+    read_ahead: Bytes,
     hub: &Hub,
     info: &ConnInfo,
     registration: &Registration,
     session: &mut Option<Box<Session>>,
-) -> End
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> End {
     let config = hub.config();
-    let outbox = &registration.outbox;
-    let mut spare = VecDeque::new();
-    // One timer serves both keepalive duties: the next ping and the pong deadline. Any
-    // frame from the peer proves it alive; rather than re-arm the timer per frame, we note
-    // the time and look at it when the timer fires.
-    // The writes below are boxed: this future is part of every connection's task for its
-    // whole life, and an idle connection should not carry a write in progress (about 400
-    // bytes). One small allocation per drain, not per message.
+    let outbox = &*registration.outbox;
+    // One timer serves every deadline: the next ping, the pong deadline and, while the
+    // kernel refuses our writes, `write_wait`. Any bytes from the peer prove it alive;
+    // rather than re-arm the timer per read, we note the time and look at it when the
+    // timer fires.
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + config.ping_period;
     let keepalive = tokio::time::sleep_until(next_ping.min(last_seen + config.pong_wait));
     tokio::pin!(keepalive);
+    let read_size = config.read_buffer_size.max(16);
 
+    let mut events = Vec::new();
+    // A protocol error ends the connection after the events read before it are handled,
+    // as a client that sent a good message and then a bad frame expects.
+    let mut broken = None;
+    if !read_ahead.is_empty() {
+        broken = reader.feed(&mut read_ahead.to_vec(), &mut events).err();
+    }
     loop {
-        // Unbiased: under a steady stream of broadcasts the outbox is always ready, and a
-        // fixed order would never get to read the peer's pongs.
+        for event in events.drain(..) {
+            match event {
+                Inbound::Message(message) => match session {
+                    // Boxed: a command in progress should not size every idle task.
+                    Some(session) => Box::pin(session.handle(hub, registration, message)).await,
+                    None => hub.handler().on_message(hub, info, message).await,
+                },
+                Inbound::Ping(payload) => outbox.push_control(Message::pong(&payload)),
+                Inbound::Close(reason) => return End::PeerClosed(reason),
+            }
+        }
+        if let Some(error) = broken {
+            return End::Close(error.close_reason());
+        }
+        // Unbiased: under a steady stream of reads, the deadlines must still be looked at.
         tokio::select! {
-            () = outbox.ready() => {
-                let Drained { mut messages, close } = outbox.drain(std::mem::take(&mut spare));
-                if !messages.is_empty() {
-                    if let Err(end) = Box::pin(write_messages(ws, &mut messages, config.write_wait)).await {
-                        return end;
-                    }
-                }
-                spare = messages;
-                if let Some(reason) = close {
-                    return End::Close(reason);
-                }
+            drive = std::future::poll_fn(|cx| outbox.poll_drive(cx)) => {
+                return match drive {
+                    Drive::Close(reason) => End::Close(reason),
+                    Drive::Failed => End::Gone(CloseReason::ABNORMAL),
+                };
             }
-            frame = ws.next() => {
+            read = std::future::poll_fn(|cx| poll_read(read, reader, read_size, &mut events, cx)) => {
                 last_seen = Instant::now();
-                match frame {
-                    Some(Ok(frame @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_)))) => {
-                        if let Some(message) = Message::from_frame(frame) {
-                            match session {
-                                // Boxed: a command in progress should not size every idle task.
-                                Some(session) => Box::pin(session.handle(hub, registration, message)).await,
-                                None => hub.handler().on_message(hub, info, message).await,
-                            }
-                            // Fairness with the fan-out. This task is also the sender's own
-                            // write pump: left alone it would write the sender's copy of what
-                            // it just broadcast at once, the sender would send its next
-                            // message, and fast senders would outrun every other queue
-                            // (measured: p99 of seconds, evictions). When the fan-out is
-                            // behind, go to the back of the run queue, behind the write
-                            // pumps the broadcast woke.
-                            if hub.is_behind() {
-                                to_the_back().await;
-                            }
-                        }
-                    }
-                    Some(Ok(tungstenite::Message::Ping(_))) => {
-                        // tungstenite queued the pong; send it now rather than with the next write.
-                        if let Err(end) = Box::pin(flush(ws, config.write_wait)).await {
-                            return end;
-                        }
-                    }
-                    Some(Ok(tungstenite::Message::Close(frame))) => {
-                        // tungstenite queued the echo of the peer's close; send it.
-                        let _ = Box::pin(flush(ws, config.write_wait)).await;
-                        let reason = frame.map_or(CloseReason::new(1005, ""), |f| {
-                            CloseReason::new(u16::from(f.code), f.reason.to_string())
-                        });
-                        return End::Gone(reason);
-                    }
-                    Some(Ok(_)) => {} // pong (already counted as a sign of life) or raw frame
-                    Some(Err(error)) => return classify(error),
-                    None => return End::Gone(CloseReason::ABNORMAL),
+                match read {
+                    Ok(true) => {}
+                    Ok(false) => return End::Gone(CloseReason::ABNORMAL),
+                    Err(error) => broken = Some(error),
                 }
             }
-            () = &mut keepalive => {
+            // Looked at on every poll: a stall begins when a publisher's write is refused,
+            // which wakes this task without completing any branch.
+            () = std::future::poll_fn(|cx| {
+                if let Some(since) = outbox.stalled_since() {
+                    let deadline = since + config.write_wait;
+                    if deadline < keepalive.deadline() {
+                        keepalive.as_mut().reset(deadline);
+                    }
+                }
+                keepalive.as_mut().poll(cx)
+            }) => {
                 let now = Instant::now();
+                let stall = outbox.stalled_since();
+                if stall.is_some_and(|since| now >= since + config.write_wait) {
+                    return End::Gone(CloseReason::new(1006, "write timeout"));
+                }
                 if now >= last_seen + config.pong_wait {
                     return End::Close(CloseReason::PONG_TIMEOUT);
                 }
                 if now >= next_ping {
-                    let ping = tungstenite::Message::Ping(Default::default());
-                    if let Err(end) = Box::pin(write_all(ws, std::iter::once(ping), config.write_wait)).await {
-                        return end;
-                    }
+                    outbox.push_control(Message::ping());
                     next_ping = now + config.ping_period;
                 }
-                keepalive.as_mut().reset(next_ping.min(last_seen + config.pong_wait));
+                let mut next = next_ping.min(last_seen + config.pong_wait);
+                if let Some(since) = stall {
+                    next = next.min(since + config.write_wait);
+                }
+                keepalive.as_mut().reset(next);
             }
         }
     }
 }
 
-/// Returns `Pending` once after waking itself: tokio then queues the task at the back of
-/// the worker's run queue. (`tokio::task::yield_now` defers the wake-up to the next driver
-/// poll, which puts the task in the scheduler's LIFO slot: it runs again after a few dozen
-/// tasks, ahead of thousands of woken write pumps. Measured: no effect on fairness.)
-fn to_the_back() -> impl Future<Output = ()> {
-    let mut woke = false;
-    std::future::poll_fn(move |cx| {
-        if woke {
-            return std::task::Poll::Ready(());
+thread_local! {
+    /// The worker thread's read buffer, shared by all its connections: an idle
+    /// connection holds none (bytes are parsed out of it before the next read).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads what the client sent into the thread's scratch buffer and parses it: resolves
+/// with `Ok(true)` when bytes arrived (a sign of life, whether or not they completed an
+/// event), `Ok(false)` at the end of the stream, or the protocol error they contain.
+fn poll_read(
+    read: &mut Reader,
+    reader: &mut FrameReader,
+    size: usize,
+    events: &mut Vec<Inbound>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<bool, ReadError>> {
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        if scratch.len() < size {
+            scratch.resize(size, 0);
         }
-        woke = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
+        let mut buf = ReadBuf::new(&mut scratch[..size]);
+        match Pin::new(&mut *read).poll_read(cx, &mut buf) {
+            Poll::Pending => return Poll::Pending,
+            // A broken link reads as the end of the stream: no close handshake.
+            Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(())) => {}
+        }
+        let n = buf.filled().len();
+        if n == 0 {
+            return Poll::Ready(Ok(false));
+        }
+        reader.feed(&mut scratch[..n], events)?;
+        Poll::Ready(Ok(true))
     })
 }
 
-/// How many frames one `writev` carries at most.
-const FRAMES_PER_WRITE: usize = 64;
-
-/// Writes the queued messages' pre-encoded frames straight to the socket, up to
-/// [`FRAMES_PER_WRITE`] per `writev` system call (what uWS calls corking), within
-/// `write_wait`. Nothing is copied: each frame is the broadcast's shared buffer. The
-/// queue is emptied (or the connection ends).
-///
-/// tungstenite's own buffer (a pong, say) is flushed first, and reads wait until every
-/// frame is fully written, so a control frame can never land inside a data frame.
-async fn write_messages<S>(
-    ws: &mut WebSocketStream<S>,
-    messages: &mut VecDeque<Message>,
-    write_wait: Duration,
-) -> Result<(), End>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    flush(ws, write_wait).await?;
-    let socket = ws.get_mut();
-    let write = async {
-        // Bytes of the front frame already written by an earlier, partial writev.
-        let mut offset = 0;
-        while !messages.is_empty() {
-            // The slices are built inside the poll, never held across an await: an array
-            // of 64 `IoSlice`s (1 KiB) in the future would sit in every connection's task.
-            let written = std::future::poll_fn(|cx| {
-                let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
-                let mut count = 0;
-                for (slot, message) in slices.iter_mut().zip(messages.iter()) {
-                    let wire = message.wire();
-                    *slot = IoSlice::new(if count == 0 { &wire[offset..] } else { wire });
-                    count += 1;
-                }
-                std::pin::Pin::new(&mut *socket).poll_write_vectored(cx, &slices[..count])
-            })
-            .await?;
-            if written == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            offset += written;
-            while let Some(front) = messages.front() {
-                let len = front.wire().len();
-                if offset < len {
-                    break;
-                }
-                offset -= len;
-                messages.pop_front();
-            }
-        }
-        socket.flush().await
-    };
-    match tokio::time::timeout(write_wait, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(End::Gone(CloseReason::ABNORMAL)),
-        Err(_) => Err(End::Gone(CloseReason::new(1006, "write timeout"))),
-    }
-}
-
-/// Queues `frames` and flushes them in one go, within `write_wait`.
-async fn write_all<S>(
-    ws: &mut WebSocketStream<S>,
-    frames: impl Iterator<Item = tungstenite::Message>,
-    write_wait: Duration,
-) -> Result<(), End>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let write = async {
-        for frame in frames {
-            ws.feed(frame).await?;
-        }
-        ws.flush().await
-    };
-    match tokio::time::timeout(write_wait, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(classify(error)),
-        Err(_) => Err(End::Gone(CloseReason::new(1006, "write timeout"))),
-    }
-}
-
-async fn flush<S>(ws: &mut WebSocketStream<S>, write_wait: Duration) -> Result<(), End>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    write_all(ws, std::iter::empty(), write_wait).await
-}
-
-/// The one mapping from a WebSocket error to how the connection ends.
-fn classify(error: tungstenite::Error) -> End {
-    use tungstenite::Error as E;
-    match error {
-        E::Capacity(_) => End::Close(CloseReason::MESSAGE_TOO_BIG),
-        E::Utf8(_) => End::Close(CloseReason::INVALID_UTF8),
-        E::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            End::Gone(CloseReason::ABNORMAL)
-        }
-        E::Protocol(_) => End::Close(CloseReason::PROTOCOL_ERROR),
-        _ => End::Gone(CloseReason::ABNORMAL),
-    }
-}
-
-/// Completes the close handshake when we are the one closing; returns the final reason.
-/// Messages queued before the close are written first (an evicted connection's queue is
-/// already empty), so a client never loses what it was sent before, say, its own protocol
-/// error.
-async fn finish<S>(
-    ws: &mut WebSocketStream<S>,
+/// Completes the close: when we close, our close frame goes out after everything queued
+/// (an evicted connection's queue is already discarded), then we wait briefly for the
+/// peer's; when the peer closed, we echo its code. Returns the final reason.
+async fn finish(
+    read: &mut Reader,
     end: End,
+    peer_closed: bool,
     registration: &Registration,
     write_wait: Duration,
-) -> CloseReason
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let reason = match end {
+) -> CloseReason {
+    let outbox = &registration.outbox;
+    let (reason, frame) = match end {
         End::Gone(reason) => return reason,
-        End::Close(reason) => reason,
+        End::PeerClosed(reason) => {
+            // Echo the code (not the reason), as RFC 6455 §5.5.1 suggests.
+            let echo = CloseReason::new(reason.code, "").to_frame();
+            outbox.close(reason.clone());
+            outbox.seal(echo);
+            let _ = tokio::time::timeout(
+                write_wait,
+                std::future::poll_fn(|cx| outbox.poll_flushed(cx)),
+            )
+            .await;
+            return reason;
+        }
+        End::Close(reason) => {
+            // The first close request wins: an eviction or shutdown may have come first.
+            outbox.close(reason.clone());
+            let frame = reason.to_frame();
+            (reason, frame)
+        }
     };
-    registration.outbox.close(reason.clone());
-    let mut queued = registration.outbox.drain(VecDeque::new()).messages;
-    if write_messages(ws, &mut queued, write_wait).await.is_err() {
-        return reason;
-    }
-    let sent = tokio::time::timeout(write_wait, ws.send(reason.to_frame())).await;
-    if matches!(sent, Ok(Ok(()))) {
+    outbox.seal(frame);
+    let flushed = tokio::time::timeout(
+        write_wait,
+        std::future::poll_fn(|cx| outbox.poll_flushed(cx)),
+    )
+    .await;
+    // The peer's close frame came already when it was itself the error (a bad code, say).
+    if matches!(flushed, Ok(true)) && !peer_closed {
         // Wait briefly for the peer's close frame; whatever else it sends is dropped.
+        let mut reader = FrameReader::new(registration.hub.config().max_message_size);
+        let mut events = Vec::new();
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
-            while let Some(Ok(frame)) = ws.next().await {
-                if frame.is_close() {
+            while let Ok(true) =
+                std::future::poll_fn(|cx| poll_read(read, &mut reader, 4096, &mut events, cx)).await
+            {
+                if events
+                    .drain(..)
+                    .any(|event| matches!(event, Inbound::Close(_)))
+                {
                     break;
                 }
             }
@@ -364,8 +361,8 @@ mod tests {
             headers: http::HeaderMap::new(),
             structured: false,
         };
-        let upgrade = std::future::ready(None::<tokio::io::DuplexStream>);
-        let future = run(upgrade, WebSocketConfig::default(), registration, request);
+        let upgrade = std::future::ready(None::<Socket>);
+        let future = run(upgrade, registration, request);
         let size = std::mem::size_of_val(&future);
         println!("connection future: {size} bytes");
         assert!(size <= 1400, "the connection future grew to {size} bytes");

@@ -1,10 +1,8 @@
 //! Entry points for the fuzz targets in `fuzz/` (compiled only with `--cfg fuzzing`):
 //! they reach a connection's read/write loop without a socket or an HTTP handshake.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-
 use crate::{Broadcast, Config, Hub, connection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Runs one chat connection whose client sends `client_bytes` (frames, as after the
 /// handshake) and then closes its side; returns once the connection has ended.
@@ -21,9 +19,6 @@ pub async fn connection(client_bytes: Vec<u8>) {
         return;
     };
     let (mut client, server) = tokio::io::duplex(16 * 1024);
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(1024))
-        .max_frame_size(Some(1024));
     let peer = tokio::spawn(async move {
         let (mut read, mut write) = tokio::io::split(&mut client);
         let writing = async {
@@ -40,8 +35,19 @@ pub async fn connection(client_bytes: Vec<u8>) {
         headers: http::HeaderMap::new(),
         structured: false,
     };
-    let upgrade = std::future::ready(Some(server));
-    connection::run(upgrade, ws_config, hub.register(admission), request).await;
+    let upgrade = std::future::ready(Some(connection::Socket::split(server, bytes::Bytes::new())));
+    connection::run(upgrade, hub.register(admission), request).await;
     let _ = peer.await;
     assert_eq!(hub.connection_count(), 0, "the connection is forgotten");
+}
+
+/// Feeds `bytes` to a frame reader in chunks whose sizes come from the input itself, and
+/// checks that what it reads does not depend on how the bytes were split.
+pub fn frame_reader(bytes: &[u8]) {
+    let Some((&step, bytes)) = bytes.split_first() else {
+        return;
+    };
+    let whole = crate::reader::read_all(bytes, bytes.len().max(1), 1024);
+    let split = crate::reader::read_all(bytes, usize::from(step).max(1), 1024);
+    assert_eq!(whole, split, "the reader's result depends on the chunking");
 }

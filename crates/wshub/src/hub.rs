@@ -3,11 +3,11 @@
 //! [`Hub`] is a cheap, cloneable handle that any task or thread may use at any time. The
 //! registry is split into shards, each behind its own short `std::sync::Mutex`, so a
 //! broadcast never holds one global lock and registrations rarely contend. Fan-out only
-//! ever calls [`Outbox::try_push`]: it never waits on a connection, and a connection whose
-//! queue is full is evicted (close 1008 "slow consumer") on the spot, alone.
+//! ever calls [`Outbox::try_push`], which writes to the socket without waiting; a
+//! connection whose kernel buffer and queue are full is evicted (close 1008 "slow
+//! consumer") on the spot, alone.
 //!
-//! The hub never touches a socket and knows nothing of HTTP; connections register here and
-//! their own task does the I/O.
+//! The hub knows nothing of HTTP or of sockets: connections register their outbox here.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,18 +21,12 @@ use crate::channels::Channels;
 use crate::config::{Config, ConfigError};
 use crate::handler::{DynHandler, Handler};
 use crate::message::{CloseReason, Message};
-use crate::outbox::{Outbox, PushError};
+use crate::outbox::{Limits, Outbox, PushError};
 use crate::protocol::ProtocolError;
 
 /// Registry shards: enough that broadcasts and registrations on different cores rarely
 /// meet on one lock, few enough that a broadcast's walk over them stays cheap.
 const SHARDS: usize = 16;
-
-/// The fan-out counts as behind (see [`Hub::is_behind`]) only from this many outboxes with
-/// undelivered messages: below it a broadcast's write pumps all fit in the scheduler's
-/// local run queue and run in order anyway, and holding senders back only costs batching
-/// (measured at 1,000 connections: 4.0M → 1.7M deliveries per CPU-s, p99 unchanged).
-const BEHIND_MIN: usize = 1024;
 
 /// A connection's identity within this hub: unique for the hub's lifetime, never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,8 +87,6 @@ struct Inner {
     next_id: AtomicU64,
     /// Connections whose task has not ended yet (registered or finishing their close).
     live: AtomicUsize,
-    /// Outboxes holding messages their write pump has not taken yet (see `is_behind`).
-    backlog: Arc<AtomicUsize>,
     /// Woken when `live` drops to zero, for the shutdown drain.
     emptied: Notify,
     /// Set by [`Hub::shutdown`]: new upgrades are refused with 503.
@@ -159,7 +151,6 @@ impl Hub {
                 shards,
                 next_id: AtomicU64::new(1),
                 live: AtomicUsize::new(0),
-                backlog: Arc::new(AtomicUsize::new(0)),
                 emptied: Notify::new(),
                 closing: AtomicBool::new(false),
                 per_ip: Mutex::new(HashMap::new()),
@@ -167,14 +158,6 @@ impl Hub {
                 broker: Arc::new(broker),
             }),
         })
-    }
-
-    /// Whether the fan-out is behind: more than an eighth of the connections (and at
-    /// least [`BEHIND_MIN`]) have messages their write pump has not taken yet. A reader then lets
-    /// them run before it handles its next message (see `connection::pump`).
-    pub(crate) fn is_behind(&self) -> bool {
-        let backlog = self.inner.backlog.load(Ordering::Relaxed);
-        backlog >= BEHIND_MIN && backlog * 8 > self.inner.live.load(Ordering::Relaxed)
     }
 
     pub(crate) fn channel_registry(&self) -> &Channels {
@@ -292,17 +275,17 @@ impl Hub {
         &*self.inner.handler
     }
 
-    /// Sends `message` to every connection; returns how many accepted it. Never waits: a
-    /// connection whose queue is full is evicted with close 1008 "slow consumer".
+    /// Sends `message` to every connection; returns how many accepted it. Never waits:
+    /// each socket is written at once (or at the end of the current round, see `cork`),
+    /// and a connection whose kernel buffer and queue are full is evicted with close 1008
+    /// "slow consumer".
     pub fn broadcast(&self, message: impl Into<Message>) -> usize {
         let message = message.into();
         let mut delivered = 0;
         for shard in self.inner.shards.iter() {
-            for (id, outbox) in lock(shard).iter() {
-                match outbox.try_push(message.clone()) {
-                    Ok(()) => delivered += 1,
-                    Err(PushError::Full) => evict(*id, outbox),
-                    Err(PushError::Closed) => {}
+            for outbox in lock(shard).values() {
+                if outbox.try_push(message.clone()).is_ok() {
+                    delivered += 1;
                 }
             }
         }
@@ -314,10 +297,7 @@ impl Hub {
         let outbox = self.outbox(id).ok_or(SendError::NotFound)?;
         match outbox.try_push(message.into()) {
             Ok(()) => Ok(()),
-            Err(PushError::Full) => {
-                evict(id, &outbox);
-                Err(SendError::SlowConsumer)
-            }
+            Err(PushError::Full) => Err(SendError::SlowConsumer),
             Err(PushError::Closed) => Err(SendError::Closing),
         }
     }
@@ -409,10 +389,11 @@ impl Hub {
     /// Adds an admitted connection to the registry.
     pub(crate) fn register(&self, admission: Admission) -> Registration {
         let id = ConnId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let outbox = Arc::new(Outbox::new(
-            self.inner.config.send_queue,
-            self.inner.backlog.clone(),
-        ));
+        let limits = Limits {
+            messages: self.inner.config.send_queue,
+            bytes: self.inner.config.send_queue_bytes,
+        };
+        let outbox = Arc::new(Outbox::new(id.0, limits));
         lock(self.shard(id)).insert(id, outbox.clone());
         if self.is_closing() {
             // Shutdown began between the upgrade check and now: close this one as well.
@@ -431,12 +412,6 @@ fn lock(shard: &Shard) -> MutexGuard<'_, HashMap<ConnId, Arc<Outbox>>> {
     // Each critical section is a single map operation or a walk of try_push calls that
     // cannot panic midway, so a poisoned shard is still consistent.
     shard.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn evict(id: ConnId, outbox: &Outbox) {
-    if outbox.evict(CloseReason::SLOW_CONSUMER) {
-        tracing::info!(conn_id = %id, "evicting slow consumer: send queue full");
-    }
 }
 
 /// A connection's reserved place (see [`Hub::admit`]); dropping it frees the place.

@@ -4,7 +4,6 @@
 use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 
 /// An application message, held as the complete WebSocket frame the server sends
 /// (header + payload, encoded once). Cloning it only bumps a reference count, so one
@@ -21,6 +20,9 @@ pub struct Message {
 /// Frame opcodes (RFC 6455 §5.2).
 const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_BINARY: u8 = 0x2;
+const OPCODE_CLOSE: u8 = 0x8;
+const OPCODE_PING: u8 = 0x9;
+const OPCODE_PONG: u8 = 0xA;
 
 impl Message {
     /// A text message (sent as a WebSocket text frame).
@@ -102,13 +104,19 @@ impl Message {
         &self.wire
     }
 
-    /// Takes an inbound data frame; control frames are not application messages.
-    pub(crate) fn from_frame(frame: tungstenite::Message) -> Option<Self> {
-        match frame {
-            tungstenite::Message::Text(t) => Some(Message::encode(OPCODE_TEXT, t.as_bytes())),
-            tungstenite::Message::Binary(b) => Some(Message::encode(OPCODE_BINARY, &b)),
-            _ => None,
-        }
+    /// An inbound message's payload (already checked: UTF-8 when `text`) as our own frame.
+    pub(crate) fn from_payload(text: bool, payload: &[u8]) -> Self {
+        Message::encode(if text { OPCODE_TEXT } else { OPCODE_BINARY }, payload)
+    }
+
+    /// A ping frame (empty payload).
+    pub(crate) fn ping() -> Self {
+        Message::encode(OPCODE_PING, &[])
+    }
+
+    /// The pong answering a ping with `payload` (at most 125 bytes, checked by the reader).
+    pub(crate) fn pong(payload: &[u8]) -> Self {
+        Message::encode(OPCODE_PONG, payload)
     }
 }
 
@@ -196,11 +204,15 @@ impl CloseReason {
         CloseReason { code, reason }
     }
 
-    pub(crate) fn to_frame(&self) -> tungstenite::Message {
-        tungstenite::Message::Close(Some(tungstenite::protocol::CloseFrame {
-            code: self.code.into(),
-            reason: Utf8Bytes::from(self.reason.to_string()),
-        }))
+    /// The close frame carrying this code and reason (no payload for 1005, "no code").
+    pub(crate) fn to_frame(&self) -> Message {
+        if self.code == 1005 {
+            return Message::encode(OPCODE_CLOSE, &[]);
+        }
+        let mut payload = Vec::with_capacity(2 + self.reason.len());
+        payload.extend_from_slice(&self.code.to_be_bytes());
+        payload.extend_from_slice(self.reason.as_bytes());
+        Message::encode(OPCODE_CLOSE, &payload)
     }
 }
 

@@ -1,148 +1,385 @@
-//! A connection's bounded outbound queue.
+//! A connection's outbound side: frames go straight to its socket, from whichever task
+//! publishes them, and only what the kernel refused waits here.
 //!
-//! The hub pushes into it without ever waiting (`try_push`); the connection's write pump
-//! drains everything queued at once and writes it in one go. A full queue means a slow
-//! consumer: the caller evicts that one connection and nobody else is slowed down.
-//! The outbox also carries the one request to close, so a connection is closed once.
+//! This is µWebSockets' model. A publisher locks the outbox, appends the shared,
+//! pre-encoded frame and, when the kernel has not refused anything, writes the queue at
+//! once with a non-blocking `writev` (a no-op waker: it never waits). Inside a
+//! [`cork`](crate::cork) the write waits for the end of the round, so every frame a socket
+//! got in one round leaves in one system call. What the kernel refuses stays queued, and
+//! the connection's own task drives it out as the socket becomes writable.
+//!
+//! So backpressure means what the kernel refused: a client that reads is never evicted by
+//! a burst, and one that stops reading is evicted (1008 "slow consumer") as soon as its
+//! kernel buffer and then `send_queue` messages or `send_queue_bytes` bytes are full.
+//! Every write happens under the lock, so frames of one connection never interleave or
+//! reorder, whichever threads publish. The outbox also carries the one request to close.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::Notify;
+use tokio::io::AsyncWrite;
+use tokio::time::Instant;
 
+use crate::cork;
 use crate::message::{CloseReason, Message};
+
+/// How many frames one `writev` carries at most (Linux allows 1024; 64 is where the
+/// measured cost per frame stops falling, see bench/floor).
+const FRAMES_PER_WRITE: usize = 64;
+
+/// The write half of a connection's socket.
+pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PushError {
-    /// The queue holds `send_queue` messages already: the consumer is too slow.
+    /// The kernel refused earlier frames and the queue is at its limit: the connection
+    /// has been evicted as a slow consumer.
     Full,
     /// The connection is closing; the message will not be delivered.
     Closed,
 }
 
-/// What the write pump takes out in one go.
-#[derive(Debug, Default)]
-pub(crate) struct Drained {
-    /// Messages to write, oldest first.
-    pub(crate) messages: VecDeque<Message>,
-    /// Set once the connection must close (after writing `messages`).
-    pub(crate) close: Option<CloseReason>,
+/// What the user-space queue may hold once the kernel refuses more.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// `send_queue`: messages.
+    pub(crate) messages: usize,
+    /// `send_queue_bytes`: bytes. One message is always allowed, however large.
+    pub(crate) bytes: usize,
 }
 
-#[derive(Debug, Default)]
+/// What the connection's task learns from [`Outbox::poll_drive`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Drive {
+    /// A close was requested (by the application, the hub, or an eviction).
+    Close(CloseReason),
+    /// Writing failed: the link is broken.
+    Failed,
+}
+
+#[derive(Default)]
 struct State {
+    /// Absent until the upgrade completes: frames queue until then.
+    writer: Option<Writer>,
+    /// Frames not yet (completely) written, oldest first.
     queue: VecDeque<Message>,
+    /// Bytes of the front frame already written.
+    written: usize,
+    /// Bytes in `queue` not yet written.
+    bytes: usize,
+    /// The kernel refused our last write: the connection's task drives the queue out.
+    refused: bool,
+    /// The last time bytes went out while refused (for `write_wait`).
+    progress: Option<Instant>,
+    /// In a cork's list: its round will write the queue.
+    corked: bool,
+    /// The one close request; set, nothing more is accepted from publishers.
     close: Option<CloseReason>,
+    /// Our close frame is queued: nothing at all may follow it.
+    sealed: bool,
+    /// A write failed: the link is broken, the queue discarded.
+    failed: bool,
+    /// The connection's task, to wake when it must drive or close.
+    waker: Option<Waker>,
 }
 
-/// The per-connection queue shared by the hub (producer) and the write pump (consumer).
-#[derive(Debug)]
+/// The outbound side shared by every publisher and the connection's task.
 pub(crate) struct Outbox {
-    /// Queue and close request under one short lock; never held across an await.
+    /// Queue, socket and close request under one short lock, never held across an await.
     state: Mutex<State>,
-    /// Wakes the write pump; a notification sent while it is busy is kept, so none is lost.
-    ready: Notify,
-    /// Maximum queued messages (`send_queue`).
-    capacity: usize,
-    /// The hub's count of outboxes holding undelivered messages: this one counts while its
-    /// queue is not empty. Readers look at it to hold back while the fan-out catches up.
-    backlog: Arc<AtomicUsize>,
+    limits: Limits,
+    /// For the eviction log line.
+    conn_id: u64,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("conn_id", &self.conn_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize, backlog: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(conn_id: u64, limits: Limits) -> Self {
         Outbox {
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
-            capacity,
-            backlog,
+            limits,
+            conn_id,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the queue inconsistent (every
-        // critical section is a single push/take), so a poisoned lock is still usable.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent before anything that could
+        // panic (a write), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a message without waiting.
-    pub(crate) fn try_push(&self, message: Message) -> Result<(), PushError> {
-        let was_empty;
-        {
-            let mut state = self.lock();
-            if state.close.is_some() {
-                return Err(PushError::Closed);
-            }
-            if state.queue.len() >= self.capacity {
+    /// Hands over the socket's write half once the upgrade is done; what was queued
+    /// before goes out with the connection task's first drive.
+    pub(crate) fn attach(&self, writer: Writer) {
+        let mut state = self.lock();
+        state.writer = Some(writer);
+        state.refused = !state.queue.is_empty();
+    }
+
+    /// Sends a message: written now, at the end of the current cork's round, or, when the
+    /// kernel is refusing, queued within the limits. Never waits. `Full` means the
+    /// connection was just evicted.
+    pub(crate) fn try_push(self: &Arc<Self>, message: Message) -> Result<(), PushError> {
+        let mut state = self.lock();
+        if state.close.is_some() || state.sealed || state.failed {
+            return Err(PushError::Closed);
+        }
+        if state.refused || state.writer.is_none() {
+            let over_count = state.queue.len() >= self.limits.messages;
+            let over_bytes =
+                !state.queue.is_empty() && state.bytes + message.wire().len() > self.limits.bytes;
+            if over_count || over_bytes {
+                self.evict_locked(&mut state, CloseReason::SLOW_CONSUMER);
                 return Err(PushError::Full);
             }
-            was_empty = state.queue.is_empty();
-            state.queue.push_back(message);
         }
-        // Only the first message since the last drain needs to wake the write pump: it
-        // takes everything queued when it runs.
-        if was_empty {
-            self.backlog.fetch_add(1, Ordering::Relaxed);
-            self.ready.notify_one();
+        state.bytes += message.wire().len();
+        state.queue.push_back(message);
+        if state.refused {
+            return Ok(()); // the connection's task is driving the queue
         }
+        if cork::is_active() && state.queue.len() < FRAMES_PER_WRITE {
+            if !state.corked {
+                state.corked = true;
+                drop(state);
+                cork::add(self.clone());
+            }
+            return Ok(());
+        }
+        self.write_now(state);
         Ok(())
+    }
+
+    /// A control frame from the connection itself (a ping, a pong): never refused by the
+    /// limits while the connection is open, and sent ahead of queued data (after a frame
+    /// already partly written), so a flood of data never starves it.
+    pub(crate) fn push_control(&self, frame: Message) {
+        let mut state = self.lock();
+        if state.sealed || state.failed {
+            return;
+        }
+        let at = usize::from(state.written > 0).min(state.queue.len());
+        state.bytes += frame.wire().len();
+        state.queue.insert(at, frame);
+        self.write_now(state);
+    }
+
+    /// Queues our close frame after everything queued; nothing is accepted after it.
+    pub(crate) fn seal(&self, close_frame: Message) {
+        let mut state = self.lock();
+        if state.sealed || state.failed {
+            return;
+        }
+        state.sealed = true;
+        state.bytes += close_frame.wire().len();
+        state.queue.push_back(close_frame);
+        self.write_now(state);
+    }
+
+    /// The end of a cork's round: writes what the round queued.
+    pub(crate) fn uncork(&self) {
+        let mut state = self.lock();
+        state.corked = false;
+        self.write_now(state);
+    }
+
+    /// Writes the queue now unless the kernel is refusing (then the connection's task
+    /// owns the writing). A refusal here hands the rest to that task.
+    fn write_now(&self, mut state: MutexGuard<'_, State>) {
+        if state.refused || state.queue.is_empty() || state.writer.is_none() {
+            return;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match write_queue(&mut state, &mut cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Pending => {
+                state.refused = true;
+                state.progress = Some(Instant::now());
+                // What the kernel refused must fit the limits, as if pushed one by one.
+                let len = state.queue.len();
+                if len > self.limits.messages || (len > 1 && state.bytes > self.limits.bytes) {
+                    self.evict_locked(&mut state, CloseReason::SLOW_CONSUMER);
+                }
+                wake(&state);
+            }
+            Poll::Ready(Err(_)) => fail(&mut state),
+        }
     }
 
     /// Asks the connection to close after writing what is queued. The first request wins;
     /// returns false if the connection was already closing.
     pub(crate) fn close(&self, reason: CloseReason) -> bool {
-        self.request_close(reason, false)
-    }
-
-    /// Closes at once, discarding the queue (a slow consumer would not read it anyway).
-    pub(crate) fn evict(&self, reason: CloseReason) -> bool {
-        self.request_close(reason, true)
-    }
-
-    fn request_close(&self, reason: CloseReason, discard: bool) -> bool {
-        {
-            let mut state = self.lock();
-            if state.close.is_some() {
-                return false;
-            }
-            if discard && !state.queue.is_empty() {
-                state.queue = VecDeque::new();
-                self.backlog.fetch_sub(1, Ordering::Relaxed);
-            }
-            state.close = Some(reason);
+        let mut state = self.lock();
+        if state.close.is_some() {
+            return false;
         }
-        self.ready.notify_one();
+        state.close = Some(reason);
+        wake(&state);
         true
     }
 
-    /// Takes everything queued, swapping in `spare` (an empty queue whose allocation is
-    /// reused, so a busy connection does not reallocate on every drain).
-    pub(crate) fn drain(&self, spare: VecDeque<Message>) -> Drained {
-        let mut state = self.lock();
-        if !state.queue.is_empty() {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
+    /// Closes at once, discarding the queue (a slow consumer would not read it anyway);
+    /// only a frame already partly written is kept, so the stream stays valid.
+    fn evict_locked(&self, state: &mut State, reason: CloseReason) -> bool {
+        if state.close.is_some() {
+            return false;
         }
-        let messages = std::mem::replace(&mut state.queue, spare);
-        Drained {
-            messages,
-            close: state.close.clone(),
+        let keep = usize::from(state.written > 0).min(state.queue.len());
+        state.queue.truncate(keep);
+        state.bytes = state
+            .queue
+            .front()
+            .map_or(0, |f| f.wire().len() - state.written);
+        if reason == CloseReason::SLOW_CONSUMER {
+            tracing::info!(
+                conn_id = self.conn_id,
+                "evicting slow consumer: send queue full"
+            );
         }
+        state.close = Some(reason);
+        wake(state);
+        true
     }
 
-    /// Resolves when something was pushed or a close was requested since the last drain.
-    pub(crate) async fn ready(&self) {
-        self.ready.notified().await;
+    /// The connection's task: writes what the kernel refused as the socket allows, and
+    /// resolves when the connection must close or the link broke.
+    pub(crate) fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<Drive> {
+        let mut state = self.lock();
+        if drive(&mut state, cx).is_err() {
+            return Poll::Ready(Drive::Failed);
+        }
+        if let Some(reason) = &state.close {
+            return Poll::Ready(Drive::Close(reason.clone()));
+        }
+        register(&mut state, cx);
+        Poll::Pending
+    }
+
+    /// The connection's task, closing: resolves with true once everything queued (our
+    /// close frame last) is written, false if the link broke.
+    pub(crate) fn poll_flushed(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut state = self.lock();
+        if drive(&mut state, cx).is_err() {
+            return Poll::Ready(false);
+        }
+        if state.queue.is_empty() {
+            return Poll::Ready(true);
+        }
+        register(&mut state, cx);
+        Poll::Pending
+    }
+
+    /// Since when the kernel has refused our writes without taking a byte (`None`: it
+    /// is not refusing); `write_wait` is measured from here.
+    pub(crate) fn stalled_since(&self) -> Option<Instant> {
+        let state = self.lock();
+        if state.refused { state.progress } else { None }
     }
 }
 
-impl Drop for Outbox {
-    fn drop(&mut self) {
-        // A connection that ended with messages still queued no longer counts.
-        if !self.lock().queue.is_empty() {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
+/// The connection's task writes the queue when the kernel refused it, or before the
+/// upgrade's first drive; the waker it polls with is registered with the socket.
+fn drive(state: &mut State, cx: &mut Context<'_>) -> Result<(), ()> {
+    if state.failed {
+        return Err(());
+    }
+    if state.queue.is_empty() || state.writer.is_none() {
+        return Ok(());
+    }
+    let before = state.bytes;
+    match write_queue(state, cx) {
+        Poll::Ready(Ok(())) => {
+            state.refused = false;
+            state.progress = None;
         }
+        Poll::Pending => {
+            state.refused = true;
+            if state.bytes != before || state.progress.is_none() {
+                state.progress = Some(Instant::now());
+            }
+        }
+        Poll::Ready(Err(_)) => {
+            fail(state);
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+/// Writes queued frames, up to [`FRAMES_PER_WRITE`] per `writev`, until the queue is empty
+/// (`Ready(Ok)`) or the socket refuses (`Pending`). Nothing is copied: each slice is the
+/// frame's shared buffer.
+fn write_queue(state: &mut State, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    let State {
+        writer: Some(writer),
+        queue,
+        written,
+        bytes,
+        ..
+    } = state
+    else {
+        return Poll::Pending;
+    };
+    while !queue.is_empty() {
+        let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE];
+        let mut count = 0;
+        for (slot, frame) in slices.iter_mut().zip(queue.iter()) {
+            let wire = frame.wire();
+            *slot = IoSlice::new(if count == 0 { &wire[*written..] } else { wire });
+            count += 1;
+        }
+        let n = match Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count]) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Pending => return Poll::Pending,
+        };
+        *bytes -= n;
+        *written += n;
+        while let Some(front) = queue.front() {
+            let len = front.wire().len();
+            if *written < len {
+                break;
+            }
+            *written -= len;
+            queue.pop_front();
+        }
+    }
+    if queue.capacity() > 4 * FRAMES_PER_WRITE {
+        *queue = VecDeque::new(); // a burst's queue is not kept for the connection's life
+    }
+    // A plain TCP socket has nothing to flush; a TLS stream does.
+    Pin::new(&mut **writer).poll_flush(cx)
+}
+
+fn fail(state: &mut State) {
+    state.failed = true;
+    state.queue = VecDeque::new();
+    state.bytes = 0;
+    wake(state);
+}
+
+fn wake(state: &State) {
+    if let Some(waker) = &state.waker {
+        waker.wake_by_ref();
+    }
+}
+
+fn register(state: &mut State, cx: &Context<'_>) {
+    match &mut state.waker {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        slot => *slot = Some(cx.waker().clone()),
     }
 }
 
@@ -150,38 +387,58 @@ impl Drop for Outbox {
 mod tests {
     use super::*;
 
-    #[test]
-    fn full_queue_refuses_then_eviction_discards() {
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let o = Outbox::new(2, backlog.clone());
-        assert_eq!(o.try_push("a".into()), Ok(()));
-        assert_eq!(o.try_push("b".into()), Ok(()));
-        assert_eq!(o.try_push("c".into()), Err(PushError::Full));
-        assert_eq!(backlog.load(Ordering::Relaxed), 1, "one outbox is behind");
-        assert!(o.evict(CloseReason::SLOW_CONSUMER));
-        assert_eq!(
-            backlog.load(Ordering::Relaxed),
-            0,
-            "an evicted queue is gone"
-        );
-        assert!(!o.close(CloseReason::SHUTDOWN), "first close wins");
-        let d = o.drain(VecDeque::new());
-        assert!(d.messages.is_empty());
-        assert_eq!(d.close, Some(CloseReason::SLOW_CONSUMER));
-        assert_eq!(o.try_push("d".into()), Err(PushError::Closed));
+    fn limits(messages: usize) -> Limits {
+        Limits {
+            messages,
+            bytes: 1 << 20,
+        }
     }
 
     #[test]
-    fn graceful_close_keeps_the_queue() {
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let o = Outbox::new(4, backlog.clone());
-        o.try_push("a".into()).unwrap();
-        o.try_push("b".into()).unwrap();
-        o.close(CloseReason::SHUTDOWN);
-        assert_eq!(backlog.load(Ordering::Relaxed), 1);
-        let d = o.drain(VecDeque::new());
-        assert_eq!(backlog.load(Ordering::Relaxed), 0);
-        assert_eq!(d.messages.len(), 2);
-        assert_eq!(d.close, Some(CloseReason::SHUTDOWN));
+    fn before_the_socket_frames_queue_within_the_limits() {
+        let o = Arc::new(Outbox::new(1, limits(2)));
+        assert_eq!(o.try_push("a".into()), Ok(()));
+        assert_eq!(o.try_push("b".into()), Ok(()));
+        assert_eq!(o.try_push("c".into()), Err(PushError::Full), "evicted");
+        assert!(!o.close(CloseReason::SHUTDOWN), "first close wins");
+        assert_eq!(o.try_push("d".into()), Err(PushError::Closed));
+        assert!(o.lock().queue.is_empty(), "an evicted queue is discarded");
+    }
+
+    #[tokio::test]
+    async fn frames_go_straight_to_the_socket() {
+        let (client, server) = tokio::io::duplex(64);
+        let o = Arc::new(Outbox::new(1, limits(4)));
+        o.attach(Box::new(server));
+        o.try_push("hi".into()).unwrap();
+        assert!(o.lock().queue.is_empty(), "written at once");
+        drop(o);
+        let mut got = Vec::new();
+        let mut client = client;
+        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, b"\x81\x02hi");
+    }
+
+    #[tokio::test]
+    async fn what_the_kernel_refuses_is_counted_and_the_non_reader_evicted() {
+        let (_client, server) = tokio::io::duplex(16);
+        let o = Arc::new(Outbox::new(1, limits(3)));
+        o.attach(Box::new(server));
+        let ten = Message::text("0123456789");
+        o.try_push(ten.clone()).unwrap(); // 12 bytes: fits
+        o.try_push(ten.clone()).unwrap(); // 4 written, 8 refused
+        assert!(o.stalled_since().is_some());
+        o.try_push(ten.clone()).unwrap();
+        o.try_push(ten.clone()).unwrap();
+        assert_eq!(o.try_push(ten), Err(PushError::Full));
+        let state = o.lock();
+        assert_eq!(
+            state.queue.len(),
+            1,
+            "only the partly written frame is kept"
+        );
+        assert_eq!(state.close, Some(CloseReason::SLOW_CONSUMER));
     }
 }

@@ -47,7 +47,7 @@ impl Session {
                 }
             },
         };
-        push_or_evict(registration.id, &registration.outbox, reply);
+        push_or_evict(&registration.outbox, reply);
     }
 
     async fn run(

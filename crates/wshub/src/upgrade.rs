@@ -13,10 +13,9 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::config::Config;
-use crate::connection;
+use crate::connection::{self, Socket};
 use crate::hub::{Hub, Refusal};
 
 impl Hub {
@@ -90,19 +89,18 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
         headers: kept_headers(&parts.headers),
         structured,
     };
-    let ws_config = websocket_config(hub.config());
     // One task for the connection's whole life: it waits for hyper to hand over the socket
     // (after our 101 is written), then runs the connection in place.
     let upgrade = async move {
         match on_upgrade.await {
-            Ok(upgraded) => Some(TokioIo::new(upgraded)),
+            Ok(upgraded) => Some(into_socket(upgraded)),
             Err(error) => {
                 tracing::debug!(%error, "upgrade failed");
                 None
             }
         }
     };
-    tokio::spawn(connection::run(upgrade, ws_config, registration, request));
+    tokio::spawn(connection::run(upgrade, registration, request));
 
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();
@@ -154,15 +152,15 @@ fn kept_headers(headers: &HeaderMap) -> HeaderMap {
     copy
 }
 
-/// The WebSocket layer's limits, from the hub's config.
-fn websocket_config(config: &Config) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_size)
-        .write_buffer_size(config.write_buffer_size)
-        .max_message_size(Some(config.max_message_size))
-        // A single frame can never be larger than the message it belongs to; checking it
-        // at the frame header refuses an oversized frame before reading its payload.
-        .max_frame_size(Some(config.max_message_size))
+/// The connection takes the TCP socket itself when it can (`wshub::serve`, or any server
+/// that hands hyper a `TokioIo<TcpStream>`): its two halves then need no lock between the
+/// reader and the publishers. Any other stream (TLS, a server that wraps its sockets)
+/// works the same through a shared lock.
+fn into_socket(upgraded: hyper::upgrade::Upgraded) -> Socket {
+    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => Socket::tcp(parts.io.into_inner(), parts.read_buf),
+        Err(upgraded) => Socket::split(TokioIo::new(upgraded), bytes::Bytes::new()),
+    }
 }
 
 /// Why an upgrade request is rejected: the status and a one-line message.

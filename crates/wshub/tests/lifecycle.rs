@@ -167,6 +167,7 @@ async fn a_client_that_stops_reading_is_evicted_and_others_still_receive() {
 async fn a_stalled_write_is_dropped_after_write_wait() {
     let config = Config {
         send_queue: 100_000,
+        send_queue_bytes: 1 << 30,
         write_wait: Duration::from_millis(500),
         ..Config::default()
     };
