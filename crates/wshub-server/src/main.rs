@@ -200,7 +200,12 @@ fn plan(settings: &Settings) -> anyhow::Result<Plan> {
 
 fn run(settings: Settings) -> Result<(), Failure> {
     let plan = plan(&settings).map_err(Failure::Config)?;
-    let runtime = tokio::runtime::Runtime::new()
+    // Workers write what they corked when they run out of work: one write per recipient
+    // for everything published since (see wshub::flush_corked).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(wshub::flush_corked)
+        .build()
         .context("cannot start the async runtime")
         .map_err(Failure::Runtime)?;
     runtime.block_on(serve(plan, settings.text("on_message")))

@@ -114,6 +114,11 @@ pub(crate) fn run(
         registration.outbox.attach(write);
         let hub = &registration.hub;
         let mut reader = FrameReader::new(hub.config().max_message_size);
+        // The client's first frames may have come with the upgrade request. hyper's bytes
+        // are a slice of its 8 KiB read buffer: parsed and dropped here, never kept.
+        let mut events = Vec::new();
+        let broken = reader.feed(&mut read_ahead.to_vec(), &mut events).err();
+        drop(read_ahead);
         tracing::debug!(conn_id = %info.id, remote = ?info.remote_addr, "connected");
         hub.handler().on_connect(hub, &info).await;
 
@@ -122,7 +127,7 @@ pub(crate) fn run(
             let pump = pump(
                 &mut read,
                 &mut reader,
-                read_ahead,
+                (events, broken),
                 hub,
                 &info,
                 &registration,
@@ -158,7 +163,7 @@ pub(crate) fn run(
 async fn pump(
     read: &mut Reader,
     reader: &mut FrameReader,
-    read_ahead: Bytes,
+    (mut events, mut broken): (Vec<Inbound>, Option<ReadError>),
     hub: &Hub,
     info: &ConnInfo,
     registration: &Registration,
@@ -176,14 +181,13 @@ async fn pump(
     tokio::pin!(keepalive);
     let read_size = config.read_buffer_size.max(16);
 
-    let mut events = Vec::new();
-    // A protocol error ends the connection after the events read before it are handled,
-    // as a client that sent a good message and then a bad frame expects.
-    let mut broken = None;
-    if !read_ahead.is_empty() {
-        broken = reader.feed(&mut read_ahead.to_vec(), &mut events).err();
-    }
+    // A protocol error (`broken`) ends the connection after the events read before it
+    // are handled, as a client that sent a good message and then a bad frame expects.
+    // Set after this connection published while the hub was congested: it reads
+    // nothing more from its client until the recipients catch up (see `backpressure`).
+    let mut paused = false;
     loop {
+        let pushes = cork::pushes();
         for event in events.drain(..) {
             match event {
                 Inbound::Message(message) => match session {
@@ -198,6 +202,9 @@ async fn pump(
         if let Some(error) = broken {
             return End::Close(error.close_reason());
         }
+        if cork::pushes() != pushes && hub.backpressure().is_congested() {
+            paused = true;
+        }
         // Unbiased: under a steady stream of reads, the deadlines must still be looked at.
         tokio::select! {
             drive = std::future::poll_fn(|cx| outbox.poll_drive(cx)) => {
@@ -206,7 +213,8 @@ async fn pump(
                     Drive::Failed => End::Gone(CloseReason::ABNORMAL),
                 };
             }
-            read = std::future::poll_fn(|cx| poll_read(read, reader, read_size, &mut events, cx)) => {
+            () = hub.backpressure().relieved(), if paused => paused = false,
+            read = std::future::poll_fn(|cx| poll_read(read, reader, read_size, &mut events, cx)), if !paused => {
                 last_seen = Instant::now();
                 match read {
                     Ok(true) => {}

@@ -4,10 +4,17 @@
 //! handler for each message, and whatever those publish is only queued in the recipients'
 //! outboxes (each noted once in this thread's list). When the poll returns, ready or not,
 //! the list is flushed: one `writev` per recipient with all of its frames. So a client
-//! that sends 8 messages in one packet costs each recipient one system call, not 8 (what
-//! µWebSockets does around its event handlers). A poll is synchronous and runs on one
-//! thread, so a thread-local list is exact. Outside a round (a publish from an HTTP
-//! handler, a timer, another thread) frames are written at once.
+//! that sends 8 messages in one packet costs each recipient one system call, not 8. A
+//! poll is synchronous and runs on one thread, so a thread-local list is exact. Outside a
+//! round (a publish from an HTTP handler, a timer, another thread) frames are written at
+//! once.
+//!
+//! µWebSockets goes further: its cork spans a whole event-loop iteration, so ten clients
+//! publishing at once cost each recipient one write, not ten. The same is had here on a
+//! runtime whose workers call [`flush_corked`] when they park (the `wshub` binary's does:
+//! `Builder::on_thread_park`): once a worker has done so, its list is kept across rounds
+//! and flushed when it runs out of ready tasks, or after [`MAX_ROUNDS`] rounds, whichever
+//! comes first. A thread that never called it flushes every round.
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -19,6 +26,23 @@ thread_local! {
     static ACTIVE: Cell<bool> = const { Cell::new(false) };
     /// Outboxes with frames queued in this round (its allocation is reused).
     static CORKED: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
+    /// This worker calls `flush_corked` when it parks: its list may outlive a round.
+    static DEFERRING: Cell<bool> = const { Cell::new(false) };
+    /// Rounds since this thread's list was last flushed.
+    static ROUNDS: Cell<u32> = const { Cell::new(0) };
+    /// Messages pushed on this thread, ever: a connection compares it before and after
+    /// its handler to learn whether it published (see `backpressure`).
+    static PUSHES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts one message pushed to an outbox.
+pub(crate) fn count_push() {
+    PUSHES.with(|pushes| pushes.set(pushes.get().wrapping_add(1)));
+}
+
+/// Messages pushed on this thread so far.
+pub(crate) fn pushes() -> u64 {
+    PUSHES.with(Cell::get)
 }
 
 /// Runs `poll` (one poll of a task's future) as a round: what it publishes is written
@@ -33,6 +57,21 @@ pub(crate) fn round<R>(poll: impl FnOnce() -> R) -> R {
 /// True inside a round: pushes queue now and are written when it ends.
 pub(crate) fn is_active() -> bool {
     ACTIVE.with(Cell::get)
+}
+
+/// On a deferring worker, the list is flushed at the latest after this many rounds, so a
+/// worker that never runs out of work still writes every few dozen polls.
+pub(crate) const MAX_ROUNDS: u32 = 32;
+
+/// Writes everything this thread corked. Call it from your runtime's
+/// `Builder::on_thread_park` to batch the writes of all connections a worker polled
+/// before it went idle, as `wshub serve` does; without it, each connection's poll is
+/// flushed on its own (correct, with less batching).
+pub fn flush_corked() {
+    DEFERRING.with(|deferring| deferring.set(true));
+    if !ACTIVE.with(Cell::get) {
+        flush();
+    }
 }
 
 /// Notes an outbox that queued frames in the current round.
@@ -60,6 +99,23 @@ impl Drop for Round {
             return;
         }
         ACTIVE.with(|active| active.set(false));
+        if DEFERRING.with(Cell::get) {
+            let rounds = ROUNDS.with(|rounds| {
+                rounds.set(rounds.get() + 1);
+                rounds.get()
+            });
+            if rounds < MAX_ROUNDS {
+                return;
+            }
+        }
+        flush();
+    }
+}
+
+/// Writes what every outbox in this thread's list queued.
+fn flush() {
+    ROUNDS.with(|rounds| rounds.set(0));
+    {
         let mut corked = CORKED.with(|list| std::mem::take(&mut *list.borrow_mut()));
         for outbox in corked.drain(..) {
             outbox.uncork();

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use crate::backpressure::Backpressure;
 use crate::broker::{Broker, Event, History, HistoryLimits, Member, MemoryBroker, StreamPosition};
 use crate::channels::Channels;
 use crate::config::{Config, ConfigError};
@@ -93,6 +94,8 @@ struct Inner {
     closing: AtomicBool,
     /// Open connections per client address; only kept when `max_connections_per_ip` is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections whose kernel refuses our writes: publishers pause while many do.
+    backpressure: Arc<Backpressure>,
     /// Channel subscribers on this node.
     channels: Arc<Channels>,
     /// Orders, keeps and spreads channel publications; delivers them back to `channels`.
@@ -154,10 +157,15 @@ impl Hub {
                 emptied: Notify::new(),
                 closing: AtomicBool::new(false),
                 per_ip: Mutex::new(HashMap::new()),
+                backpressure: Arc::default(),
                 channels,
                 broker: Arc::new(broker),
             }),
         })
+    }
+
+    pub(crate) fn backpressure(&self) -> &Backpressure {
+        &self.inner.backpressure
     }
 
     pub(crate) fn channel_registry(&self) -> &Channels {
@@ -393,7 +401,7 @@ impl Hub {
             messages: self.inner.config.send_queue,
             bytes: self.inner.config.send_queue_bytes,
         };
-        let outbox = Arc::new(Outbox::new(id.0, limits));
+        let outbox = Arc::new(Outbox::new(id.0, limits, self.inner.backpressure.clone()));
         lock(self.shard(id)).insert(id, outbox.clone());
         if self.is_closing() {
             // Shutdown began between the upgrade check and now: close this one as well.

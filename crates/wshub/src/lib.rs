@@ -37,6 +37,7 @@
 //!   files, `/ws`, publish API.
 //! - `server`: [`serve`]: the accept loop, handshake limits and graceful shutdown.
 
+mod backpressure;
 mod broker;
 mod channels;
 mod config;
@@ -62,6 +63,7 @@ pub use broker::{
     MemoryBroker, Publication, StreamPosition,
 };
 pub use config::{Config, ConfigError, format_duration};
+pub use cork::flush_corked;
 pub use handler::{Broadcast, ConnInfo, Handler};
 pub use http::{CLIENT_DTS, CLIENT_JS, DEFAULT_HOME_TEMPLATE, Site, router};
 pub use hub::{ConnId, Hub, SendError};

@@ -23,6 +23,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
+use crate::backpressure::Backpressure;
 use crate::cork;
 use crate::message::{CloseReason, Message};
 
@@ -92,8 +93,18 @@ pub(crate) struct Outbox {
     /// Queue, socket and close request under one short lock, never held across an await.
     state: Mutex<State>,
     limits: Limits,
+    /// The hub's count of refusing connections, kept by `set_refused`.
+    backpressure: Arc<Backpressure>,
     /// For the eviction log line.
     conn_id: u64,
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        set_refused(state, false, &self.backpressure);
+        self.backpressure.outbox_dropped();
+    }
 }
 
 impl std::fmt::Debug for Outbox {
@@ -105,10 +116,12 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn new(conn_id: u64, limits: Limits) -> Self {
+    pub(crate) fn new(conn_id: u64, limits: Limits, backpressure: Arc<Backpressure>) -> Self {
+        backpressure.outbox_created();
         Outbox {
             state: Mutex::new(State::default()),
             limits,
+            backpressure,
             conn_id,
         }
     }
@@ -124,7 +137,8 @@ impl Outbox {
     pub(crate) fn attach(&self, writer: Writer) {
         let mut state = self.lock();
         state.writer = Some(writer);
-        state.refused = !state.queue.is_empty();
+        let queued = !state.queue.is_empty();
+        set_refused(&mut state, queued, &self.backpressure);
     }
 
     /// Sends a message: written now, at the end of the current cork's round, or, when the
@@ -144,6 +158,7 @@ impl Outbox {
                 return Err(PushError::Full);
             }
         }
+        cork::count_push();
         state.bytes += message.wire().len();
         state.queue.push_back(message);
         if state.refused {
@@ -204,7 +219,7 @@ impl Outbox {
         match write_queue(&mut state, &mut cx) {
             Poll::Ready(Ok(())) => {}
             Poll::Pending => {
-                state.refused = true;
+                set_refused(&mut state, true, &self.backpressure);
                 state.progress = Some(Instant::now());
                 // What the kernel refused must fit the limits, as if pushed one by one.
                 let len = state.queue.len();
@@ -213,7 +228,7 @@ impl Outbox {
                 }
                 wake(&state);
             }
-            Poll::Ready(Err(_)) => fail(&mut state),
+            Poll::Ready(Err(_)) => fail(&mut state, &self.backpressure),
         }
     }
 
@@ -235,18 +250,24 @@ impl Outbox {
         if state.close.is_some() {
             return false;
         }
+        if reason == CloseReason::SLOW_CONSUMER {
+            tracing::info!(
+                conn_id = self.conn_id,
+                queued = state.queue.len(),
+                bytes = state.bytes,
+                refused = state.refused,
+                stalled = ?state.progress.map(|p| p.elapsed()),
+                "evicting slow consumer: send queue full"
+            );
+        }
         let keep = usize::from(state.written > 0).min(state.queue.len());
         state.queue.truncate(keep);
+        // An evicted connection no longer holds publishers back.
+        set_refused(state, false, &self.backpressure);
         state.bytes = state
             .queue
             .front()
             .map_or(0, |f| f.wire().len() - state.written);
-        if reason == CloseReason::SLOW_CONSUMER {
-            tracing::info!(
-                conn_id = self.conn_id,
-                "evicting slow consumer: send queue full"
-            );
-        }
         state.close = Some(reason);
         wake(state);
         true
@@ -256,7 +277,7 @@ impl Outbox {
     /// resolves when the connection must close or the link broke.
     pub(crate) fn poll_drive(&self, cx: &mut Context<'_>) -> Poll<Drive> {
         let mut state = self.lock();
-        if drive(&mut state, cx).is_err() {
+        if drive(&mut state, cx, &self.backpressure).is_err() {
             return Poll::Ready(Drive::Failed);
         }
         if let Some(reason) = &state.close {
@@ -270,7 +291,7 @@ impl Outbox {
     /// close frame last) is written, false if the link broke.
     pub(crate) fn poll_flushed(&self, cx: &mut Context<'_>) -> Poll<bool> {
         let mut state = self.lock();
-        if drive(&mut state, cx).is_err() {
+        if drive(&mut state, cx, &self.backpressure).is_err() {
             return Poll::Ready(false);
         }
         if state.queue.is_empty() {
@@ -290,7 +311,7 @@ impl Outbox {
 
 /// The connection's task writes the queue when the kernel refused it, or before the
 /// upgrade's first drive; the waker it polls with is registered with the socket.
-fn drive(state: &mut State, cx: &mut Context<'_>) -> Result<(), ()> {
+fn drive(state: &mut State, cx: &mut Context<'_>, backpressure: &Backpressure) -> Result<(), ()> {
     if state.failed {
         return Err(());
     }
@@ -300,17 +321,17 @@ fn drive(state: &mut State, cx: &mut Context<'_>) -> Result<(), ()> {
     let before = state.bytes;
     match write_queue(state, cx) {
         Poll::Ready(Ok(())) => {
-            state.refused = false;
+            set_refused(state, false, backpressure);
             state.progress = None;
         }
         Poll::Pending => {
-            state.refused = true;
+            set_refused(state, true, backpressure);
             if state.bytes != before || state.progress.is_none() {
                 state.progress = Some(Instant::now());
             }
         }
         Poll::Ready(Err(_)) => {
-            fail(state);
+            fail(state, backpressure);
             return Err(());
         }
     }
@@ -363,7 +384,21 @@ fn write_queue(state: &mut State, cx: &mut Context<'_>) -> Poll<std::io::Result<
     Pin::new(&mut **writer).poll_flush(cx)
 }
 
-fn fail(state: &mut State) {
+/// Keeps the hub's count of refusing connections in step with `refused`.
+fn set_refused(state: &mut State, refused: bool, backpressure: &Backpressure) {
+    if state.refused == refused {
+        return;
+    }
+    state.refused = refused;
+    if refused {
+        backpressure.refusing();
+    } else {
+        backpressure.accepting();
+    }
+}
+
+fn fail(state: &mut State, backpressure: &Backpressure) {
+    set_refused(state, false, backpressure);
     state.failed = true;
     state.queue = VecDeque::new();
     state.bytes = 0;
@@ -396,7 +431,7 @@ mod tests {
 
     #[test]
     fn before_the_socket_frames_queue_within_the_limits() {
-        let o = Arc::new(Outbox::new(1, limits(2)));
+        let o = Arc::new(Outbox::new(1, limits(2), Default::default()));
         assert_eq!(o.try_push("a".into()), Ok(()));
         assert_eq!(o.try_push("b".into()), Ok(()));
         assert_eq!(o.try_push("c".into()), Err(PushError::Full), "evicted");
@@ -408,7 +443,7 @@ mod tests {
     #[tokio::test]
     async fn frames_go_straight_to_the_socket() {
         let (client, server) = tokio::io::duplex(64);
-        let o = Arc::new(Outbox::new(1, limits(4)));
+        let o = Arc::new(Outbox::new(1, limits(4), Default::default()));
         o.attach(Box::new(server));
         o.try_push("hi".into()).unwrap();
         assert!(o.lock().queue.is_empty(), "written at once");
@@ -424,7 +459,7 @@ mod tests {
     #[tokio::test]
     async fn what_the_kernel_refuses_is_counted_and_the_non_reader_evicted() {
         let (_client, server) = tokio::io::duplex(16);
-        let o = Arc::new(Outbox::new(1, limits(3)));
+        let o = Arc::new(Outbox::new(1, limits(3), Default::default()));
         o.attach(Box::new(server));
         let ten = Message::text("0123456789");
         o.try_push(ten.clone()).unwrap(); // 12 bytes: fits

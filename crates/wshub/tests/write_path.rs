@@ -112,6 +112,17 @@ async fn burst(send_queue: usize) {
     server.shutdown().await;
 }
 
+/// A runtime like `wshub serve`'s: workers flush what they corked when they park, so
+/// corks span every connection a worker polled (see `wshub::flush_corked`).
+fn serve_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_park(wshub::flush_corked)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_evicts_no_reader_at_send_queue_8() {
     burst(8).await;
@@ -122,10 +133,29 @@ async fn a_burst_evicts_no_reader_at_the_default_send_queue() {
     burst(Config::default().send_queue).await;
 }
 
+#[test]
+fn a_burst_evicts_no_reader_at_send_queue_8_with_corks_across_connections() {
+    serve_runtime().block_on(burst(8));
+}
+
+#[test]
+fn a_burst_evicts_no_reader_at_the_default_send_queue_with_corks_across_connections() {
+    serve_runtime().block_on(burst(Config::default().send_queue));
+}
+
 /// Four OS threads broadcast at once to one connection: every message arrives whole
 /// (frames never interleave) and each thread's messages in the order it sent them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_from_several_threads_arrive_complete_and_in_order() {
+    several_threads().await;
+}
+
+#[test]
+fn publishes_from_several_threads_arrive_complete_and_in_order_with_corks_across_connections() {
+    serve_runtime().block_on(several_threads());
+}
+
+async fn several_threads() {
     const THREADS: usize = 4;
     const EACH: usize = 5_000;
     let config = Config {
