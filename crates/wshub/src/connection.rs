@@ -48,7 +48,7 @@ impl Socket {
         let (read, write) = tokio::io::split(stream);
         Socket {
             read: Box::new(read),
-            write: Box::new(write),
+            write: Writer::Stream(Box::new(write)),
             read_ahead,
         }
     }
@@ -58,7 +58,7 @@ impl Socket {
         let (read, write) = stream.into_split();
         Socket {
             read: Box::new(read),
-            write: Box::new(write),
+            write: Writer::Tcp(write),
             read_ahead,
         }
     }
@@ -136,7 +136,8 @@ pub(crate) fn run(
             let mut pump = std::pin::pin!(pump);
             // Every poll of the connection is a round: what its handler publishes while
             // it runs leaves in one write per recipient when the poll returns.
-            std::future::poll_fn(|cx| cork::round(|| pump.as_mut().poll(cx))).await
+            let own = &registration.outbox;
+            std::future::poll_fn(|cx| cork::round(own, || pump.as_mut().poll(cx))).await
         };
         // Boxed: it runs once, at the end, and should not size every idle task.
         let reason = Box::pin(finish(

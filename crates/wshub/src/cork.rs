@@ -26,6 +26,10 @@ thread_local! {
     static ACTIVE: Cell<bool> = const { Cell::new(false) };
     /// Outboxes with frames queued in this round (its allocation is reused).
     static CORKED: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
+    /// The outbox of the connection being polled (its address), see `round`.
+    static OWN: Cell<usize> = const { Cell::new(0) };
+    /// Publishers' own outboxes, written after the others.
+    static LAST: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
     /// This worker calls `flush_corked` when it parks: its list may outlive a round.
     static DEFERRING: Cell<bool> = const { Cell::new(false) };
     /// Rounds since this thread's list was last flushed.
@@ -49,9 +53,16 @@ pub(crate) fn pushes() -> u64 {
 /// when it returns. A closure rather than a future adapter, so the caller's future is
 /// stored once, pinned in place (an adapter's `async` block held it twice: 720 bytes
 /// more per connection).
-pub(crate) fn round<R>(poll: impl FnOnce() -> R) -> R {
+///
+/// `own` is the polled connection's outbox: its frames are written after everyone
+/// else's, so a publisher hears back about its message only once the others were sent
+/// it, and a fast publisher cannot outrun its own fan-out.
+pub(crate) fn round<R>(own: &Arc<Outbox>, poll: impl FnOnce() -> R) -> R {
     let _round = Round::open();
-    poll()
+    let outer = OWN.with(|o| o.replace(Arc::as_ptr(own) as usize));
+    let result = poll();
+    OWN.with(|o| o.set(outer));
+    result
 }
 
 /// True inside a round: pushes queue now and are written when it ends.
@@ -76,7 +87,11 @@ pub fn flush_corked() {
 
 /// Notes an outbox that queued frames in the current round.
 pub(crate) fn add(outbox: Arc<Outbox>) {
-    CORKED.with(|list| list.borrow_mut().push(outbox));
+    if Arc::as_ptr(&outbox) as usize == OWN.with(Cell::get) {
+        LAST.with(|list| list.borrow_mut().push(outbox));
+    } else {
+        CORKED.with(|list| list.borrow_mut().push(outbox));
+    }
 }
 
 /// An open round; closing it (on drop, also when unwinding) writes what it queued.
@@ -112,19 +127,23 @@ impl Drop for Round {
     }
 }
 
-/// Writes what every outbox in this thread's list queued.
+/// Writes what every outbox in this thread's lists queued, publishers' own last.
 fn flush() {
     ROUNDS.with(|rounds| rounds.set(0));
-    {
-        let mut corked = CORKED.with(|list| std::mem::take(&mut *list.borrow_mut()));
-        for outbox in corked.drain(..) {
-            outbox.uncork();
-        }
-        CORKED.with(|list| {
-            let mut list = list.borrow_mut();
-            if list.capacity() < corked.capacity() {
-                *list = corked;
-            }
-        });
+    uncork_all(&CORKED);
+    uncork_all(&LAST);
+}
+
+fn uncork_all(list: &'static std::thread::LocalKey<RefCell<Vec<Arc<Outbox>>>>) {
+    let mut corked = list.with(|list| std::mem::take(&mut *list.borrow_mut()));
+    for outbox in corked.drain(..) {
+        outbox.uncork();
     }
+    // Give the allocation back for the next round.
+    list.with(|list| {
+        let mut list = list.borrow_mut();
+        if list.capacity() < corked.capacity() {
+            *list = corked;
+        }
+    });
 }
