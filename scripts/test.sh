@@ -35,8 +35,10 @@ bash scripts/browser.sh
 
 case "${WSHUB_AUTOBAHN:-full}" in
   skip) step "Autobahn skipped (WSHUB_AUTOBAHN=skip)" ;;
-  *) step "Autobahn|Testsuite (${WSHUB_AUTOBAHN:-full})"
-     bash scripts/autobahn.sh "${WSHUB_AUTOBAHN:-full}" ;;
+  *) step "Autobahn|Testsuite (${WSHUB_AUTOBAHN:-full}, compression off)"
+     bash scripts/autobahn.sh "${WSHUB_AUTOBAHN:-full}"
+     step "Autobahn|Testsuite (${WSHUB_AUTOBAHN:-full}, compression on)"
+     WSHUB_COMPRESSION=true bash scripts/autobahn.sh "${WSHUB_AUTOBAHN:-full}" ;;
 esac
 
 step "benchmark smoke (correctness of wshub-bench and bench/compare, not speed)"

@@ -172,6 +172,18 @@ pub const KEYS: &[Key] = &[
         "No effect (kept from the Go original): frames are written from shared buffers, up to 64 per write.",
     ),
     key(
+        "compression",
+        Kind::Choice(&["true", "false"]),
+        "false",
+        "Offer permessage-deflate to clients that ask (browsers do); a broadcast is compressed once for all of them.",
+    ),
+    key(
+        "compression_min_size",
+        Kind::Count,
+        "256",
+        "Messages with fewer payload bytes than this are sent uncompressed.",
+    ),
+    key(
         "handshake_timeout",
         Kind::Duration,
         "\"10s\"",
@@ -392,6 +404,8 @@ impl Settings {
             send_queue_bytes: self.count("send_queue_bytes"),
             read_buffer_size: self.count("read_buffer_size"),
             write_buffer_size: self.count("write_buffer_size"),
+            compression: self.text("compression") == "true",
+            compression_min_size: self.count("compression_min_size"),
             allowed_origins: self.list("allowed_origins"),
             drain_timeout: self.duration("drain_timeout"),
             handshake_timeout: self.duration("handshake_timeout"),

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::broker::{Event, History, Publication};
+use crate::compression::Policy;
 use crate::hub::ConnId;
 use crate::message::Message;
 use crate::outbox::Outbox;
@@ -26,6 +27,8 @@ type Shard = Mutex<HashMap<Arc<str>, Channel>>;
 /// The subscribers of every channel that has one here.
 pub(crate) struct Channels {
     shards: Box<[Shard]>,
+    /// Pushes are deflated once for every compressing subscriber.
+    compression: Arc<Policy>,
 }
 
 /// One channel's subscribers here. Live ones sit in a dense list, because a publication
@@ -98,9 +101,10 @@ pub(crate) fn push_or_evict(outbox: &Arc<Outbox>, message: Message) {
 }
 
 impl Channels {
-    pub(crate) fn new() -> Channels {
+    pub(crate) fn new(compression: Arc<Policy>) -> Channels {
         Channels {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            compression,
         }
     }
 
@@ -191,7 +195,9 @@ impl Channels {
         match event {
             Event::Publication(publication) => {
                 // Encoded once, shared by every live subscriber.
-                let frame = protocol::push(channel, &publication);
+                let frame = self
+                    .compression
+                    .prepare(protocol::push(channel, &publication));
                 for live in &entry.live {
                     push_or_evict(&live.outbox, frame.clone());
                 }
@@ -206,7 +212,9 @@ impl Channels {
                 } else {
                     "leave"
                 };
-                let frame = protocol::presence_event(channel, kind, member);
+                let frame = self
+                    .compression
+                    .prepare(protocol::presence_event(channel, kind, member));
                 for live in entry.live.iter().filter(|live| live.presence_events) {
                     push_or_evict(&live.outbox, frame.clone());
                     delivered += 1;

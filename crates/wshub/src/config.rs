@@ -31,6 +31,10 @@ pub struct Config {
     /// Kept from the Go original for compatibility; it has no effect: frames are written
     /// straight from their shared buffers, up to 64 per system call.
     pub write_buffer_size: usize,
+    /// Offer permessage-deflate (RFC 7692) to clients that ask for it.
+    pub compression: bool,
+    /// Messages smaller than this (payload bytes) are sent uncompressed.
+    pub compression_min_size: usize,
     /// Browser origins allowed to upgrade besides the same host; `"*"` allows any.
     pub allowed_origins: Vec<String>,
     /// How long a shutdown waits for connections to finish their close handshake.
@@ -65,6 +69,8 @@ impl Default for Config {
             send_queue_bytes: 1 << 20,
             read_buffer_size: 1024,
             write_buffer_size: 1024,
+            compression: false,
+            compression_min_size: 256,
             allowed_origins: Vec::new(),
             drain_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),

@@ -81,6 +81,8 @@ pub(crate) struct Request {
     pub(crate) headers: http::HeaderMap,
     /// The client chose the `wshub.v1` subprotocol: frames are commands, not messages.
     pub(crate) structured: bool,
+    /// permessage-deflate was agreed: inbound messages may be compressed.
+    pub(crate) compressed: bool,
 }
 
 /// Runs one connection to its end: waits for the upgraded socket (`upgrade` yields `None`
@@ -102,6 +104,7 @@ pub(crate) fn run(
         headers: request.headers,
     };
     let structured = request.structured;
+    let compressed = request.compressed;
     async move {
         let Some(socket) = upgrade.await else {
             return; // dropping the registration leaves the hub
@@ -114,11 +117,7 @@ pub(crate) fn run(
         registration.outbox.attach(write);
         let hub = &registration.hub;
         let mut reader = FrameReader::new(hub.config().max_message_size);
-        // The client's first frames may have come with the upgrade request. hyper's bytes
-        // are a slice of its 8 KiB read buffer: parsed and dropped here, never kept.
-        let mut events = Vec::new();
-        let broken = reader.feed(&mut read_ahead.to_vec(), &mut events).err();
-        drop(read_ahead);
+        reader.inflate(compressed);
         tracing::debug!(conn_id = %info.id, remote = ?info.remote_addr, "connected");
         hub.handler().on_connect(hub, &info).await;
 
@@ -127,7 +126,7 @@ pub(crate) fn run(
             let pump = pump(
                 &mut read,
                 &mut reader,
-                (events, broken),
+                read_ahead,
                 hub,
                 &info,
                 &registration,
@@ -164,7 +163,7 @@ pub(crate) fn run(
 async fn pump(
     read: &mut Reader,
     reader: &mut FrameReader,
-    (mut events, mut broken): (Vec<Inbound>, Option<ReadError>),
+    read_ahead: Bytes,
     hub: &Hub,
     info: &ConnInfo,
     registration: &Registration,
@@ -182,8 +181,13 @@ async fn pump(
     tokio::pin!(keepalive);
     let read_size = config.read_buffer_size.max(16);
 
+    // The client's first frames may have come with the upgrade request. hyper's bytes
+    // are a slice of its 8 KiB read buffer: parsed, then dropped, never kept.
+    let mut events = Vec::new();
     // A protocol error (`broken`) ends the connection after the events read before it
     // are handled, as a client that sent a good message and then a bad frame expects.
+    let mut broken = reader.feed(&mut read_ahead.to_vec(), &mut events).err();
+    drop(read_ahead);
     // Set after this connection published while the hub was congested: it reads
     // nothing more from its client until the recipients catch up (see `backpressure`).
     let mut paused = false;
@@ -214,7 +218,8 @@ async fn pump(
                     Drive::Failed => End::Gone(CloseReason::ABNORMAL),
                 };
             }
-            () = hub.backpressure().relieved(), if paused => paused = false,
+            // Boxed, and made only once paused: an idle connection should not carry it.
+            () = async { Box::pin(hub.backpressure().relieved()).await }, if paused => paused = false,
             read = std::future::poll_fn(|cx| poll_read(read, reader, read_size, &mut events, cx)), if !paused => {
                 last_seen = Instant::now();
                 match read {
@@ -363,12 +368,13 @@ mod tests {
     #[tokio::test]
     async fn the_connection_future_stays_small() {
         let hub = Hub::new(crate::Config::default(), crate::Broadcast).unwrap();
-        let registration = hub.register(hub.admit(None).unwrap());
+        let registration = hub.register(hub.admit(None).unwrap(), None);
         let request = Request {
             remote_addr: None,
             uri: http::Uri::default(),
             headers: http::HeaderMap::new(),
             structured: false,
+            compressed: false,
         };
         let upgrade = std::future::ready(None::<Socket>);
         let future = run(upgrade, registration, request);

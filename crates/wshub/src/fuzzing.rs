@@ -34,20 +34,36 @@ pub async fn connection(client_bytes: Vec<u8>) {
         uri: http::Uri::from_static("/ws"),
         headers: http::HeaderMap::new(),
         structured: false,
+        compressed: false,
     };
     let upgrade = std::future::ready(Some(connection::Socket::split(server, bytes::Bytes::new())));
-    connection::run(upgrade, hub.register(admission), request).await;
+    connection::run(upgrade, hub.register(admission, None), request).await;
     let _ = peer.await;
     assert_eq!(hub.connection_count(), 0, "the connection is forgotten");
 }
 
 /// Feeds `bytes` to a frame reader in chunks whose sizes come from the input itself, and
-/// checks that what it reads does not depend on how the bytes were split.
+/// checks that what it reads does not depend on how the bytes were split. The first
+/// byte's low bit turns permessage-deflate on, so compressed messages reach the
+/// inflater (with a 1 KiB cap: a bomb must stop there).
 pub fn frame_reader(bytes: &[u8]) {
-    let Some((&step, bytes)) = bytes.split_first() else {
+    let Some((&first, bytes)) = bytes.split_first() else {
         return;
     };
-    let whole = crate::reader::read_all(bytes, bytes.len().max(1), 1024);
-    let split = crate::reader::read_all(bytes, usize::from(step).max(1), 1024);
-    assert_eq!(whole, split, "the reader's result depends on the chunking");
+    let inflate = first & 1 == 1;
+    let step = usize::from(first >> 1).max(1);
+    let read = |step| crate::reader::read_all_inflating(bytes, step, 1024, inflate);
+    let whole = read(bytes.len().max(1));
+    assert_eq!(
+        whole,
+        read(step),
+        "the reader's result depends on the chunking"
+    );
+    if let Ok(events) = whole {
+        for event in events {
+            if let crate::reader::Inbound::Message(message) = event {
+                assert!(message.len() <= 1024, "a message past max_message_size");
+            }
+        }
+    }
 }

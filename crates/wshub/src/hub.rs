@@ -19,10 +19,11 @@ use tokio::sync::Notify;
 use crate::backpressure::Backpressure;
 use crate::broker::{Broker, Event, History, HistoryLimits, Member, MemoryBroker, StreamPosition};
 use crate::channels::Channels;
+use crate::compression::{Agreement, Policy};
 use crate::config::{Config, ConfigError};
 use crate::handler::{DynHandler, Handler};
 use crate::message::{CloseReason, Message};
-use crate::outbox::{Limits, Outbox, PushError};
+use crate::outbox::{Deflating, Limits, Outbox, PushError};
 use crate::protocol::ProtocolError;
 
 /// Registry shards: enough that broadcasts and registrations on different cores rarely
@@ -96,6 +97,8 @@ struct Inner {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Connections whose kernel refuses our writes: publishers pause while many do.
     backpressure: Arc<Backpressure>,
+    /// permessage-deflate: whether offered, from what size, and for how many.
+    compression: Arc<Policy>,
     /// Channel subscribers on this node.
     channels: Arc<Channels>,
     /// Orders, keeps and spreads channel publications; delivers them back to `channels`.
@@ -142,7 +145,8 @@ impl Hub {
     ) -> Result<Hub, ConfigError> {
         config.validate()?;
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
-        let channels = Arc::new(Channels::new());
+        let compression = Arc::new(Policy::new(config.compression, config.compression_min_size));
+        let channels = Arc::new(Channels::new(compression.clone()));
         let sink = channels.clone();
         broker.start(Arc::new(move |channel: &str, event: Event| {
             sink.deliver(channel, event);
@@ -158,6 +162,7 @@ impl Hub {
                 closing: AtomicBool::new(false),
                 per_ip: Mutex::new(HashMap::new()),
                 backpressure: Arc::default(),
+                compression,
                 channels,
                 broker: Arc::new(broker),
             }),
@@ -288,7 +293,7 @@ impl Hub {
     /// and a connection whose kernel buffer and queue are full is evicted with close 1008
     /// "slow consumer".
     pub fn broadcast(&self, message: impl Into<Message>) -> usize {
-        let message = message.into();
+        let message = self.inner.compression.prepare(message.into());
         let mut delivered = 0;
         for shard in self.inner.shards.iter() {
             for outbox in lock(shard).values() {
@@ -394,14 +399,32 @@ impl Hub {
         Ok(admission)
     }
 
-    /// Adds an admitted connection to the registry.
-    pub(crate) fn register(&self, admission: Admission) -> Registration {
+    /// Whether upgrades may negotiate permessage-deflate (`compression`).
+    pub(crate) fn compression(&self) -> &Arc<Policy> {
+        &self.inner.compression
+    }
+
+    /// Adds an admitted connection to the registry; `deflate` is what it negotiated.
+    pub(crate) fn register(
+        &self,
+        admission: Admission,
+        deflate: Option<Agreement>,
+    ) -> Registration {
         let id = ConnId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let limits = Limits {
             messages: self.inner.config.send_queue,
             bytes: self.inner.config.send_queue_bytes,
         };
-        let outbox = Arc::new(Outbox::new(id.0, limits, self.inner.backpressure.clone()));
+        let deflate = deflate.map(|agreement| Deflating {
+            window_bits: agreement.window_bits,
+            policy: self.inner.compression.clone(),
+        });
+        let outbox = Arc::new(Outbox::new(
+            id.0,
+            limits,
+            self.inner.backpressure.clone(),
+            deflate,
+        ));
         lock(self.shard(id)).insert(id, outbox.clone());
         if self.is_closing() {
             // Shutdown began between the upgrade check and now: close this one as well.

@@ -40,6 +40,7 @@
 mod backpressure;
 mod broker;
 mod channels;
+mod compression;
 mod config;
 mod connection;
 mod cork;

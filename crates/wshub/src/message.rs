@@ -9,13 +9,24 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// (header + payload, encoded once). Cloning it only bumps a reference count, so one
 /// broadcast to N connections shares one allocation and every connection writes the same
 /// bytes: nothing is encoded or copied per recipient.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Message {
     /// The unmasked server frame: FIN + opcode, length, payload.
     wire: Bytes,
     /// Where the payload starts in `wire` (2, 4 or 10).
     header_len: u8,
+    /// The same message as a permessage-deflate frame (RSV1 set), made once for every
+    /// compressing recipient of a broadcast (see `compression`).
+    deflated: Option<Bytes>,
 }
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.wire == other.wire
+    }
+}
+
+impl Eq for Message {}
 
 /// Frame opcodes (RFC 6455 §5.2).
 const OPCODE_TEXT: u8 = 0x1;
@@ -44,9 +55,14 @@ impl Message {
     }
 
     fn encode(opcode: u8, payload: &[u8]) -> Self {
+        Message::frame(0x80 | opcode, payload)
+    }
+
+    /// A frame with this first byte (FIN, RSV1, opcode) and payload.
+    fn frame(first: u8, payload: &[u8]) -> Self {
         let len = payload.len();
         let mut wire = BytesMut::with_capacity(len + 10);
-        wire.put_u8(0x80 | opcode);
+        wire.put_u8(first);
         // Payload lengths below 126 fit the second byte; up to 65535 take 2 more bytes.
         match len {
             0..=125 => wire.put_u8(len as u8),
@@ -64,7 +80,42 @@ impl Message {
         Message {
             wire: wire.freeze(),
             header_len,
+            deflated: None,
         }
+    }
+
+    /// The message with its deflated frame made (once: clones share it).
+    pub(crate) fn with_deflated(mut self) -> Message {
+        if self.deflated.is_none() {
+            self.deflated = Some(self.deflate(crate::compression::DEFAULT_WINDOW_BITS).wire);
+        }
+        self
+    }
+
+    /// What a client that negotiated permessage-deflate with `window_bits` is sent:
+    /// the shared deflated frame, one made now for a smaller window, or, below
+    /// `min_size`, the plain frame.
+    pub(crate) fn for_compressing_peer(&self, window_bits: u8, min_size: usize) -> Message {
+        if self.len() < min_size {
+            return self.clone();
+        }
+        match &self.deflated {
+            Some(wire) if window_bits == crate::compression::DEFAULT_WINDOW_BITS => Message {
+                wire: wire.clone(),
+                header_len: self.header_len, // unused: a deflated frame is only written
+                deflated: None,
+            },
+            _ => self.deflate(window_bits),
+        }
+    }
+
+    /// This message as a deflated frame: RSV1 set, payload compressed.
+    fn deflate(&self, window_bits: u8) -> Message {
+        let first = self.wire.first().copied().unwrap_or(0x80 | OPCODE_BINARY);
+        Message::frame(
+            first | 0x40,
+            &crate::compression::deflate(self.as_bytes(), window_bits),
+        )
     }
 
     /// True for text, false for binary.

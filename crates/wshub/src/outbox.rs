@@ -104,6 +104,14 @@ pub(crate) struct Limits {
     pub(crate) bytes: usize,
 }
 
+/// A connection that negotiated permessage-deflate: what its frames are compressed with.
+#[derive(Debug)]
+pub(crate) struct Deflating {
+    pub(crate) window_bits: u8,
+    /// The hub's policy (minimum size; it counts this connection while it lives).
+    pub(crate) policy: Arc<crate::compression::Policy>,
+}
+
 /// What the connection's task learns from [`Outbox::poll_drive`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Drive {
@@ -146,6 +154,8 @@ pub(crate) struct Outbox {
     limits: Limits,
     /// The hub's count of refusing connections, kept by `set_refused`.
     backpressure: Arc<Backpressure>,
+    /// Set when the client negotiated compression.
+    deflate: Option<Deflating>,
     /// For the eviction log line.
     conn_id: u64,
 }
@@ -155,6 +165,9 @@ impl Drop for Outbox {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         set_refused(state, false, &self.backpressure);
         self.backpressure.outbox_dropped();
+        if let Some(deflate) = &self.deflate {
+            deflate.policy.connection_closed();
+        }
     }
 }
 
@@ -167,12 +180,21 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    pub(crate) fn new(conn_id: u64, limits: Limits, backpressure: Arc<Backpressure>) -> Self {
+    pub(crate) fn new(
+        conn_id: u64,
+        limits: Limits,
+        backpressure: Arc<Backpressure>,
+        deflate: Option<Deflating>,
+    ) -> Self {
         backpressure.outbox_created();
+        if let Some(deflate) = &deflate {
+            deflate.policy.connection_opened();
+        }
         Outbox {
             state: Mutex::new(State::default()),
             limits,
             backpressure,
+            deflate,
             conn_id,
         }
     }
@@ -196,6 +218,13 @@ impl Outbox {
     /// kernel is refusing, queued within the limits. Never waits. `Full` means the
     /// connection was just evicted.
     pub(crate) fn try_push(self: &Arc<Self>, message: Message) -> Result<(), PushError> {
+        // Outside the lock: compressing for this client alone (a reply, a send) takes time.
+        let message = match &self.deflate {
+            Some(deflate) => {
+                message.for_compressing_peer(deflate.window_bits, deflate.policy.min_size)
+            }
+            None => message,
+        };
         let mut state = self.lock();
         if state.close.is_some() || state.sealed || state.failed {
             return Err(PushError::Closed);
@@ -509,7 +538,7 @@ mod tests {
 
     #[test]
     fn before_the_socket_frames_queue_within_the_limits() {
-        let o = Arc::new(Outbox::new(1, limits(2), Default::default()));
+        let o = Arc::new(Outbox::new(1, limits(2), Default::default(), None));
         assert_eq!(o.try_push("a".into()), Ok(()));
         assert_eq!(o.try_push("b".into()), Ok(()));
         assert_eq!(o.try_push("c".into()), Err(PushError::Full), "evicted");
@@ -521,7 +550,7 @@ mod tests {
     #[tokio::test]
     async fn frames_go_straight_to_the_socket() {
         let (client, server) = tokio::io::duplex(64);
-        let o = Arc::new(Outbox::new(1, limits(4), Default::default()));
+        let o = Arc::new(Outbox::new(1, limits(4), Default::default(), None));
         o.attach(Writer::Stream(Box::new(server)));
         o.try_push("hi".into()).unwrap();
         assert!(o.lock().queue.is_empty(), "written at once");
@@ -537,7 +566,7 @@ mod tests {
     #[tokio::test]
     async fn what_the_kernel_refuses_is_counted_and_the_non_reader_evicted() {
         let (_client, server) = tokio::io::duplex(16);
-        let o = Arc::new(Outbox::new(1, limits(3), Default::default()));
+        let o = Arc::new(Outbox::new(1, limits(3), Default::default(), None));
         o.attach(Writer::Stream(Box::new(server)));
         let ten = Message::text("0123456789");
         o.try_push(ten.clone()).unwrap(); // 12 bytes: fits

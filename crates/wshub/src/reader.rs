@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
+use crate::compression::{self, InflateError};
 use crate::message::{CloseReason, Message};
 
 /// What a client sent, one complete frame or message at a time.
@@ -41,6 +42,8 @@ pub(crate) enum ReadError {
     Utf8,
     /// 1009: a message is larger than `max_message_size`.
     TooBig,
+    /// 1007: a compressed message is not a deflate stream.
+    Corrupt,
 }
 
 impl ReadError {
@@ -50,6 +53,7 @@ impl ReadError {
             ReadError::Protocol => CloseReason::PROTOCOL_ERROR,
             ReadError::Utf8 => CloseReason::INVALID_UTF8,
             ReadError::TooBig => CloseReason::MESSAGE_TOO_BIG,
+            ReadError::Corrupt => CloseReason::new(1007, "invalid compressed data"),
         }
     }
 }
@@ -68,17 +72,23 @@ pub(crate) struct FrameReader {
     utf8: Utf8Check,
     /// The client's close frame was read: it may send nothing after it.
     closed: bool,
+    /// permessage-deflate was agreed: RSV1 marks a compressed message.
+    inflate: bool,
 }
 
 #[derive(Debug)]
 struct Fragments {
     text: bool,
+    /// RSV1 was set on the first frame: `data` is deflated.
+    compressed: bool,
     data: Vec<u8>,
 }
 
 /// A parsed frame header, checked.
 struct Header {
     fin: bool,
+    /// RSV1 on a first data frame: the message is compressed.
+    compressed: bool,
     opcode: OpCode,
     mask: [u8; 4],
     /// Header bytes, mask included.
@@ -95,7 +105,13 @@ impl FrameReader {
             fragments: None,
             utf8: Utf8Check::default(),
             closed: false,
+            inflate: false,
         }
+    }
+
+    /// Accepts compressed messages (RSV1) from now on: permessage-deflate was agreed.
+    pub(crate) fn inflate(&mut self, on: bool) {
+        self.inflate = on;
     }
 
     /// Takes bytes just read from the client (unmasking them in place) and appends what
@@ -173,11 +189,15 @@ impl FrameReader {
         Ok(at)
     }
 
-    /// Whether this data frame belongs to a text message.
+    /// Whether this data frame belongs to a text message whose bytes we can check as
+    /// they come (a compressed one is checked once inflated).
     fn is_text(&self, header: &Header) -> bool {
         match header.opcode {
-            OpCode::Data(Data::Text) => true,
-            OpCode::Data(Data::Continue) => self.fragments.as_ref().is_some_and(|f| f.text),
+            OpCode::Data(Data::Text) => !header.compressed,
+            OpCode::Data(Data::Continue) => self
+                .fragments
+                .as_ref()
+                .is_some_and(|f| f.text && !f.compressed),
             _ => false,
         }
     }
@@ -190,8 +210,10 @@ impl FrameReader {
         else {
             return Ok(None);
         };
-        // Extensions are not negotiated: every reserved bit must be clear.
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        // RSV1 means "compressed", and only on a message's first frame when
+        // permessage-deflate was agreed; the other bits are never ours.
+        let first_data = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+        if (header.rsv1 && !(self.inflate && first_data)) || header.rsv2 || header.rsv3 {
             return Err(ReadError::Protocol);
         }
         // A client must mask every frame (RFC 6455 §5.1).
@@ -225,6 +247,7 @@ impl FrameReader {
         }
         Ok(Some(Header {
             fin: header.is_final,
+            compressed: header.rsv1,
             opcode: header.opcode,
             mask,
             len: cursor.position() as usize,
@@ -255,17 +278,17 @@ impl FrameReader {
                     return Err(ReadError::Protocol); // checked at the header
                 };
                 fragments.data.extend_from_slice(payload);
-                if header.fin {
-                    let text = fragments.text;
-                    if text && !self.utf8.is_complete() {
+                if header.fin
+                    && let Some(fragments) = self.fragments.take()
+                {
+                    let message = if fragments.compressed {
+                        self.inflated(fragments.text, &fragments.data)?
+                    } else if fragments.text && !self.utf8.is_complete() {
                         return Err(ReadError::Utf8);
-                    }
-                    if let Some(fragments) = self.fragments.take() {
-                        out.push(Inbound::Message(Message::from_payload(
-                            text,
-                            &fragments.data,
-                        )));
-                    }
+                    } else {
+                        Message::from_payload(fragments.text, &fragments.data)
+                    };
+                    out.push(Inbound::Message(message));
                 }
             }
             OpCode::Data(data) => {
@@ -273,8 +296,11 @@ impl FrameReader {
                 if !header.fin {
                     self.fragments = Some(Fragments {
                         text,
+                        compressed: header.compressed,
                         data: payload.to_vec(),
                     });
+                } else if header.compressed {
+                    out.push(Inbound::Message(self.inflated(text, payload)?));
                 } else if text && !self.utf8.is_complete() {
                     return Err(ReadError::Utf8);
                 } else {
@@ -283,6 +309,23 @@ impl FrameReader {
             }
         }
         Ok(())
+    }
+}
+
+impl FrameReader {
+    /// A compressed message, inflated within `max_message_size` and checked.
+    fn inflated(&self, text: bool, compressed: &[u8]) -> Result<Message, ReadError> {
+        let payload =
+            compression::inflate(compressed, self.max_message_size).map_err(
+                |error| match error {
+                    InflateError::TooBig => ReadError::TooBig,
+                    InflateError::Corrupt => ReadError::Corrupt,
+                },
+            )?;
+        if text && std::str::from_utf8(&payload).is_err() {
+            return Err(ReadError::Utf8);
+        }
+        Ok(Message::from_payload(text, &payload))
     }
 }
 
@@ -321,7 +364,19 @@ fn unmask(payload: &mut [u8], mask: [u8; 4], offset: usize) {
 /// Reads `bytes` fed in chunks of `step`: the events, or the first error (tests, fuzzing).
 #[cfg(any(test, fuzzing))]
 pub(crate) fn read_all(bytes: &[u8], step: usize, max: usize) -> Result<Vec<Inbound>, ReadError> {
+    read_all_inflating(bytes, step, max, false)
+}
+
+/// As [`read_all`], with permessage-deflate agreed when `inflate`.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn read_all_inflating(
+    bytes: &[u8],
+    step: usize,
+    max: usize,
+    inflate: bool,
+) -> Result<Vec<Inbound>, ReadError> {
     let mut reader = FrameReader::new(max);
+    reader.inflate(inflate);
     let mut out = Vec::new();
     for chunk in bytes.chunks(step) {
         reader.feed(&mut chunk.to_vec(), &mut out)?;

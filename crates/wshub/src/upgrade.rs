@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::compression;
 use crate::config::Config;
 use crate::connection::{self, Socket};
 use crate::hub::{Hub, Refusal};
@@ -70,9 +71,18 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
             );
         }
     };
+    // permessage-deflate when it is on and the client offers something we can honour.
+    let deflate = hub
+        .compression()
+        .enabled
+        .then(|| {
+            let offers = request.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
+            compression::negotiate(offers.iter().filter_map(|value| value.to_str().ok()))
+        })
+        .flatten();
     // Registered before the 101 goes out: a client that has seen the 101 receives every
     // broadcast from then on (queued until its socket is ready).
-    let registration = hub.register(admission);
+    let registration = hub.register(admission, deflate);
     // `wshub.v1` when the client offers it; otherwise raw mode (no subprotocol header).
     let structured = request
         .headers()
@@ -88,6 +98,7 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
         uri: http::Uri::try_from(parts.uri.to_string()).unwrap_or_default(),
         headers: kept_headers(&parts.headers),
         structured,
+        compressed: deflate.is_some(),
     };
     // One task for the connection's whole life: it waits for hyper to hand over the socket
     // (after our 101 is written), then runs the connection in place.
@@ -114,6 +125,11 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(crate::protocol::SUBPROTOCOL),
         );
+    }
+    if let Some(agreement) = deflate
+        && let Ok(value) = HeaderValue::from_str(&agreement.response())
+    {
+        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
     }
     response
 }

@@ -169,15 +169,21 @@ pub struct RawClient {
     buf: Vec<u8>,
 }
 
-/// A frame the server sent: (fin, opcode, payload).
+/// A frame the server sent: (fin, RSV bits and opcode (0x41: compressed text), payload).
 pub type RawFrame = (bool, u8, Vec<u8>);
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr) -> RawClient {
+        RawClient::connect_with(addr, "").await.0
+    }
+
+    /// Connects with extra request headers (each ending in `\r\n`); returns the client
+    /// and the 101's head.
+    pub async fn connect_with(addr: SocketAddr, extra_headers: &str) -> (RawClient, String) {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
@@ -193,7 +199,7 @@ impl RawClient {
                 let head = String::from_utf8_lossy(&buf[..end]).to_string();
                 assert!(head.starts_with("HTTP/1.1 101"), "{head}");
                 buf.drain(..end + 4);
-                return RawClient { stream, buf };
+                return (RawClient { stream, buf }, head);
             }
         }
     }
@@ -267,7 +273,7 @@ fn decode_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
         return None;
     }
     let fin = buf[0] & 0x80 != 0;
-    let opcode = buf[0] & 0x0F;
+    let opcode = buf[0] & 0x7F;
     let (len, mut at) = match buf[1] & 0x7F {
         126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
         127 if buf.len() >= 10 => (
