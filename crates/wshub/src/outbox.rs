@@ -265,8 +265,19 @@ impl Outbox {
             return;
         }
         let at = usize::from(state.written > 0).min(state.queue.len());
-        state.bytes += frame.wire().len();
-        state.queue.insert(at, frame);
+        // A ping flood from a client that does not read must not grow the queue: a pong
+        // still waiting (not even partly written) is replaced by the newer one, as RFC
+        // 6455 §5.5.3 allows. Control frames sit at the front, so a short look suffices.
+        let kind = frame.wire().first().copied();
+        let waiting = (at..state.queue.len().min(at + 2))
+            .find(|&i| state.queue[i].wire().first().copied() == kind);
+        if let Some(i) = waiting {
+            let old = std::mem::replace(&mut state.queue[i], frame);
+            state.bytes = state.bytes - old.wire().len() + state.queue[i].wire().len();
+        } else {
+            state.bytes += frame.wire().len();
+            state.queue.insert(at, frame);
+        }
         self.write_now(state);
     }
 
@@ -534,6 +545,20 @@ mod tests {
             messages,
             bytes: 1 << 20,
         }
+    }
+
+    #[test]
+    fn a_waiting_pong_is_replaced_not_added() {
+        let o = Arc::new(Outbox::new(1, limits(4), Default::default(), None));
+        o.try_push("data".into()).unwrap();
+        for i in 0..100u8 {
+            o.push_control(Message::pong(&[i]));
+        }
+        o.push_control(Message::ping());
+        let state = o.lock();
+        assert_eq!(state.queue.len(), 3, "one ping, one pong, the data");
+        assert!(state.queue.iter().any(|m| m.wire() == Message::pong(&[99]).wire()));
+        assert_eq!(state.bytes, state.queue.iter().map(|m| m.wire().len()).sum::<usize>());
     }
 
     #[test]
