@@ -78,7 +78,8 @@ enum End {
 pub(crate) struct Request {
     pub(crate) remote_addr: Option<std::net::SocketAddr>,
     pub(crate) uri: http::Uri,
-    pub(crate) headers: http::HeaderMap,
+    /// Only when the handler keeps them.
+    pub(crate) headers: Option<Box<http::HeaderMap>>,
     /// The client chose the `wshub.v1` subprotocol: frames are commands, not messages.
     pub(crate) structured: bool,
     /// permessage-deflate was agreed: inbound messages may be compressed.
@@ -97,23 +98,24 @@ pub(crate) fn run(
     registration: Registration,
     request: Request,
 ) -> impl Future<Output = ()> + Send {
-    let info = ConnInfo {
+    // Boxed: 224 bytes that the task would otherwise carry inline, padded to its layout.
+    let info = Box::new(ConnInfo {
         id: registration.id,
         remote_addr: request.remote_addr,
         uri: request.uri,
         headers: request.headers,
-    };
+    });
     let structured = request.structured;
     let compressed = request.compressed;
     async move {
-        let Some(socket) = upgrade.await else {
-            return; // dropping the registration leaves the hub
-        };
-        let Socket {
+        let Some(Socket {
             mut read,
             write,
             read_ahead,
-        } = socket;
+        }) = upgrade.await
+        else {
+            return; // dropping the registration leaves the hub
+        };
         registration.outbox.attach(write);
         let hub = &registration.hub;
         let mut reader = FrameReader::new(hub.config().max_message_size);
@@ -177,8 +179,10 @@ async fn pump(
     // timer fires.
     let mut last_seen = Instant::now();
     let mut next_ping = last_seen + config.ping_period;
-    let keepalive = tokio::time::sleep_until(next_ping.min(last_seen + config.pong_wait));
-    tokio::pin!(keepalive);
+    // Pinned where it is made: `tokio::pin!` would keep a moved-from copy (112 bytes).
+    let mut keepalive = std::pin::pin!(tokio::time::sleep_until(
+        next_ping.min(last_seen + config.pong_wait)
+    ));
     let read_size = config.read_buffer_size.max(16);
 
     // The client's first frames may have come with the upgrade request. hyper's bytes
@@ -193,7 +197,12 @@ async fn pump(
     let mut paused = false;
     loop {
         let pushes = cork::pushes();
-        for event in events.drain(..) {
+        // Taken one at a time, by index: an iterator and its item would both sit in
+        // this future across the handler's await (160 bytes per connection).
+        let mut next = 0;
+        while next < events.len() {
+            let event = std::mem::replace(&mut events[next], Inbound::Ping(Bytes::new()));
+            next += 1;
             match event {
                 Inbound::Message(message) => match session {
                     // Boxed: a command in progress should not size every idle task.
@@ -204,6 +213,7 @@ async fn pump(
                 Inbound::Close(reason) => return End::PeerClosed(reason),
             }
         }
+        events.clear();
         if let Some(error) = broken {
             return End::Close(error.close_reason());
         }
@@ -372,7 +382,7 @@ mod tests {
         let request = Request {
             remote_addr: None,
             uri: http::Uri::default(),
-            headers: http::HeaderMap::new(),
+            headers: None,
             structured: false,
             compressed: false,
         };

@@ -32,7 +32,7 @@ pub async fn connection(client_bytes: Vec<u8>) {
     let request = connection::Request {
         remote_addr: None,
         uri: http::Uri::from_static("/ws"),
-        headers: http::HeaderMap::new(),
+        headers: None,
         structured: false,
         compressed: false,
     };

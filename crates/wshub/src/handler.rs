@@ -20,8 +20,12 @@ pub struct ConnInfo {
     pub(crate) id: ConnId,
     pub(crate) remote_addr: Option<SocketAddr>,
     pub(crate) uri: Uri,
-    pub(crate) headers: HeaderMap,
+    /// `None` unless the handler keeps headers: a boxed map costs 8 bytes when absent.
+    pub(crate) headers: Option<Box<HeaderMap>>,
 }
+
+/// What [`ConnInfo::headers`] shows when none were kept.
+static NO_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
 
 impl ConnInfo {
     /// The connection's id in its hub.
@@ -46,8 +50,11 @@ impl ConnInfo {
     }
     /// The upgrade request's headers, less the handshake's own (`Connection`, `Upgrade`,
     /// `Sec-WebSocket-Key`, `-Version`, `-Extensions`), which mean nothing once it is open.
+    ///
+    /// Empty unless the handler's [`Handler::keeps_headers`] returns true: kept for every
+    /// connection's life, they would be about a tenth of an idle connection's memory.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.headers.as_deref().unwrap_or(&NO_HEADERS)
     }
 }
 
@@ -66,6 +73,12 @@ impl ConnInfo {
 /// }
 /// ```
 pub trait Handler: Send + Sync + 'static {
+    /// Whether [`ConnInfo::headers`] should hold the upgrade request's headers (a cookie,
+    /// a user agent) for this handler; by default they are not kept (see there).
+    fn keeps_headers(&self) -> bool {
+        false
+    }
+
     /// A connection was upgraded and registered; it can be sent to already.
     fn on_connect(&self, hub: &Hub, conn: &ConnInfo) -> impl Future<Output = ()> + Send {
         let _ = (hub, conn);
@@ -109,6 +122,7 @@ type BoxFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 /// [`Handler`] made object-safe, so the hub can hold any handler without a type parameter.
 /// One small allocation per inbound message; none per delivery.
 pub(crate) trait DynHandler: Send + Sync {
+    fn keeps_headers(&self) -> bool;
     fn on_connect<'a>(&'a self, hub: &'a Hub, conn: &'a ConnInfo) -> BoxFuture<'a>;
     fn on_message<'a>(
         &'a self,
@@ -125,6 +139,9 @@ pub(crate) trait DynHandler: Send + Sync {
 }
 
 impl<H: Handler> DynHandler for H {
+    fn keeps_headers(&self) -> bool {
+        Handler::keeps_headers(self)
+    }
     fn on_connect<'a>(&'a self, hub: &'a Hub, conn: &'a ConnInfo) -> BoxFuture<'a> {
         Box::pin(Handler::on_connect(self, hub, conn))
     }

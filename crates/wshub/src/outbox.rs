@@ -557,8 +557,16 @@ mod tests {
         o.push_control(Message::ping());
         let state = o.lock();
         assert_eq!(state.queue.len(), 3, "one ping, one pong, the data");
-        assert!(state.queue.iter().any(|m| m.wire() == Message::pong(&[99]).wire()));
-        assert_eq!(state.bytes, state.queue.iter().map(|m| m.wire().len()).sum::<usize>());
+        assert!(
+            state
+                .queue
+                .iter()
+                .any(|m| m.wire() == Message::pong(&[99]).wire())
+        );
+        assert_eq!(
+            state.bytes,
+            state.queue.iter().map(|m| m.wire().len()).sum::<usize>()
+        );
     }
 
     #[test]

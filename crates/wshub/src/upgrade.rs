@@ -96,7 +96,10 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
         remote_addr,
         // Like the header values, hyper's URI is a slice of its read buffer: copy it.
         uri: http::Uri::try_from(parts.uri.to_string()).unwrap_or_default(),
-        headers: kept_headers(&parts.headers),
+        headers: hub
+            .handler()
+            .keeps_headers()
+            .then(|| Box::new(kept_headers(&parts.headers))),
         structured,
         compressed: deflate.is_some(),
     };

@@ -221,6 +221,9 @@ impl Recorder {
 }
 
 impl Handler for Recorder {
+    fn keeps_headers(&self) -> bool {
+        true
+    }
     async fn on_connect(&self, _hub: &Hub, conn: &ConnInfo) {
         let _ = self.tx.send((conn.id(), Event::Connect));
     }
