@@ -17,7 +17,8 @@ CASES="${2:-*}"
 SHARED="${WSHUB_SHARED:-$(cd "$ROOT/.." && pwd)/shared}"
 VENV="${AUTOBAHN_VENV:-$ROOT/target/autobahn-venv}"
 COMPRESSION="${WSHUB_COMPRESSION:-false}"
-REPORT="$ROOT/target/autobahn/$MODE$([ "$COMPRESSION" = true ] && echo -deflate)"
+REPORT="$ROOT/target/autobahn/$MODE"
+if [ "$COMPRESSION" = true ]; then REPORT="$REPORT-deflate"; fi
 
 cargo build --release --locked -p wshub-server
 # PIP_NO_COMPILE: pip's own .pyc files of the Python 2 sources can survive the 2to3
