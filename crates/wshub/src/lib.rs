@@ -19,8 +19,8 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: socket → connection → handler (the application) → hub → outboxes →
-//! connections → sockets.
+//! Data flows one way: socket → connection (frame reader) → handler (the application) →
+//! hub → outboxes → sockets, written from the publishing task.
 //!
 //! - [`config`](Config): limits and timeouts with the Go original's defaults; `validate()`.
 //! - `message`: [`Message`] (text/binary, shared payload) and [`CloseReason`].
@@ -30,8 +30,15 @@
 //! - `session`: what a `wshub.v1` connection's commands do; its subscriptions.
 //! - `channels`: channel subscribers on this node; exact recovery (buffer, then merge).
 //! - `broker`: the [`Broker`] seam (ordering, history, presence) and [`MemoryBroker`].
-//! - `outbox`: a connection's bounded queue; full means slow consumer.
-//! - `connection`: one task per connection: read pump + write pump, pings, deadlines, close.
+//! - `outbox`: a connection's outbound side: writes straight to its socket, queues only
+//!   what the kernel refused (bounded: past it, slow consumer).
+//! - `cork`: rounds; what a round publishes leaves in one write per recipient
+//!   ([`flush_corked`] extends a round to a worker's whole run).
+//! - `backpressure`: publishers pause while many recipients' kernels refuse.
+//! - `compression`: permessage-deflate, a broadcast compressed once.
+//! - `reader`: the frame reader (RFC 6455 rules, UTF-8, limits, inflating).
+//! - `connection`: one task per connection: reads, drives refused bytes, pings, deadlines,
+//!   close.
 //! - `upgrade`: HTTP → WebSocket checks (version, key, origin) and the 101.
 //! - `http`: the HTTP surface ([`router`]): home page, browser client (`/wshub.js`), static
 //!   files, `/ws`, publish API.
