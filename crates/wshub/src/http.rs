@@ -28,6 +28,10 @@ pub const CLIENT_JS: &str = include_str!("../assets/wshub.js");
 /// The TypeScript declarations of [`CLIENT_JS`], served at `/wshub.d.ts`.
 pub const CLIENT_DTS: &str = include_str!("../assets/wshub.d.ts");
 
+/// Where [`router`] mounts the hub's WebSocket endpoint, and the path whose upgrades
+/// [`crate::serve`] answers itself, ahead of the router.
+pub const WS_PATH: &str = "/ws";
+
 /// What the HTTP surface serves besides `/ws`.
 #[derive(Debug, Clone)]
 pub struct Site {
@@ -67,7 +71,7 @@ pub fn router(hub: Hub, site: Site) -> Router {
             "/wshub.d.ts",
             Asset::route(CLIENT_DTS, "application/typescript; charset=utf-8"),
         )
-        .route("/ws", hub.endpoint());
+        .route(WS_PATH, hub.endpoint());
     if let Some(dir) = site.static_dir {
         router = router.nest_service("/static", static_files(dir));
     }

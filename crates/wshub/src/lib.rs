@@ -56,6 +56,7 @@ mod http;
 mod hub;
 mod message;
 mod outbox;
+mod prefixed;
 mod protocol;
 mod reader;
 mod server;
@@ -73,7 +74,7 @@ pub use broker::{
 pub use config::{Config, ConfigError, format_duration};
 pub use cork::flush_corked;
 pub use handler::{Broadcast, ConnInfo, Handler};
-pub use http::{CLIENT_DTS, CLIENT_JS, DEFAULT_HOME_TEMPLATE, Site, router};
+pub use http::{CLIENT_DTS, CLIENT_JS, DEFAULT_HOME_TEMPLATE, Site, WS_PATH, router};
 pub use hub::{ConnId, Hub, SendError};
 pub use message::{CloseReason, Message};
 pub use protocol::{ProtocolError, SUBPROTOCOL};

@@ -1,22 +1,34 @@
-//! The accept loop and graceful shutdown: `serve(listener, hub, router, shutdown)`.
+//! The accept loop, each connection's first read, and graceful shutdown:
+//! `serve(listener, hub, router, shutdown)`.
 //!
-//! We run hyper ourselves rather than `axum::serve` for three reasons: the request head
-//! must arrive within `handshake_timeout` (slowloris), its size is bounded (431 above
-//! 16 KiB), and shutdown must also drain the upgraded WebSocket connections, which
-//! outlive the HTTP connections that axum's drain tracks.
+//! A connection whose first read holds a whole upgrade request for [`WS_PATH`] is answered
+//! here and becomes a WebSocket in the same task (the hub's common case, kept lean). Every
+//! other connection is served by hyper and the router. We run hyper ourselves rather than
+//! `axum::serve` because the request head must arrive within `handshake_timeout`
+//! (slowloris: the first byte within it here, then the whole head within it in hyper), its
+//! size is bounded (431 above 16 KiB), and shutdown must also drain the WebSocket
+//! connections, which outlive the HTTP connections that axum's drain tracks.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::hub::Hub;
+use crate::connection::{self, Socket};
+use crate::http::WS_PATH;
+use crate::hub::{Hub, Registration};
+use crate::prefixed::Prefixed;
 
 /// Largest request head (request line + headers) accepted; larger → 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -24,6 +36,9 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting, closes
 /// every WebSocket with 1001 and waits up to `drain_timeout` for them and for in-flight
 /// HTTP requests. The caller owns the listener (port 0 for tests) and the signal.
+///
+/// WebSocket upgrades for [`WS_PATH`] (`/ws`) are the hub's, answered before the router
+/// sees them; mount [`Hub::endpoint`] in `router` to take upgrades at other paths too.
 pub async fn serve(
     listener: TcpListener,
     hub: Hub,
@@ -48,14 +63,14 @@ pub async fn serve(
     // `block_on(serve(..))`, and an accept loop left on that thread would need a
     // cross-thread wake-up (a futex) for every accepted connection.
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
-    let acceptor = tokio::spawn(accept_loop(
-        listener,
+    let shared = Arc::new(Shared {
+        hub: hub.clone(),
         router,
         http,
         inherits_nodelay,
-        stop_rx.clone(),
-        accepting_stopped,
-    ));
+        stop_http: stop_rx.clone(),
+    });
+    let acceptor = tokio::spawn(accept_loop(listener, shared, accepting_stopped));
     shutdown.await;
     let _ = stop_accepting.send(());
     // The listener is dropped when the loop ends: new connections are refused from here.
@@ -72,13 +87,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// Accepts connections and spawns one HTTP connection task for each, until `stop` fires.
+/// Accepts connections and spawns one task for each, until `stop` fires.
 async fn accept_loop(
     listener: TcpListener,
-    router: Router,
-    http: hyper::server::conn::http1::Builder,
-    inherits_nodelay: bool,
-    stop_rx: watch::Receiver<bool>,
+    shared: Arc<Shared>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     loop {
@@ -94,37 +106,161 @@ async fn accept_loop(
             },
             _ = &mut stop => return,
         };
-        if !inherits_nodelay {
+        if !shared.inherits_nodelay {
             let _ = stream.set_nodelay(true);
         }
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-            // Recorded as axum's `ConnectInfo`, so handlers (and ConnInfo) see the peer.
-            request.extensions_mut().insert(ConnectInfo(remote));
-            router.clone().oneshot(request)
-        });
-        let connection = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let mut stop_http = stop_rx.clone();
-        tokio::spawn(async move {
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = stop_http.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+        tokio::spawn(connection(stream, remote, shared.clone()));
+    }
+}
+
+/// What every connection task shares.
+struct Shared {
+    hub: Hub,
+    router: Router,
+    http: hyper::server::conn::http1::Builder,
+    inherits_nodelay: bool,
+    stop_http: watch::Receiver<bool>,
+}
+
+/// One accepted connection, for its whole life.
+///
+/// The hub's WebSocket upgrades are most of what a hub accepts, so we answer them here,
+/// straight from the first read: `httparse` parses the head, the rules of
+/// [`crate::upgrade`] decide, we write the 101 and this task becomes the connection. No HTTP
+/// connection state, router, second task or hand-over channel (measured: see BENCHMARKS.md,
+/// "handshakes"). Everything else — other paths, a head that needs more than one read, a
+/// refusal (which deserves its specific status) — goes to hyper and the router with the
+/// bytes read so far, and is served exactly as before.
+///
+/// Its future is the connection's task, so its size is per-connection memory: the two
+/// stages share one place (`then`), and the HTTP stage, rare and large, is boxed.
+fn connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send {
+    first_read(stream, remote, shared).then(move |first| match first {
+        FirstRead::Upgraded(socket, registration, request) => Either::Left(connection::run(
+            std::future::ready(Some(socket)),
+            registration,
+            request,
+        )),
+        FirstRead::Http(stream, shared) => {
+            Either::Right(Either::Left(Box::pin(serve_http(stream, remote, shared))))
+        }
+        FirstRead::Gone => Either::Right(Either::Right(std::future::ready(()))),
+    })
+}
+
+/// What the first read of a connection showed.
+enum FirstRead {
+    /// A WebSocket upgrade for the hub, answered: run the connection.
+    Upgraded(Socket, Registration, connection::Request),
+    /// Anything else: the router's, with the bytes read so far in front.
+    Http(Prefixed, Arc<Shared>),
+    /// The peer left, or sent nothing within `handshake_timeout`.
+    Gone,
+}
+
+/// Waits for the first bytes (up to `handshake_timeout`), and answers the upgrade if they
+/// hold a whole request head for the hub's path that every rule accepts.
+async fn first_read(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>) -> FirstRead {
+    const FIRST_READ: usize = 2048;
+    let mut head = Vec::with_capacity(FIRST_READ);
+    loop {
+        match stream.try_read_buf(&mut head) {
+            Ok(0) => return FirstRead::Gone,
+            Ok(_) => break,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                let timeout = shared.hub.config().handshake_timeout;
+                match tokio::time::timeout(timeout, stream.readable()).await {
+                    Ok(Ok(())) => {}
+                    _ => return FirstRead::Gone,
                 }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%error, %remote, "http connection ended with an error");
             }
-        });
+            Err(_) => return FirstRead::Gone,
+        }
+    }
+    let Some((response, registration, request, head_len)) = answer(&head, remote, &shared.hub)
+    else {
+        return FirstRead::Http(Prefixed::new(head.into(), stream), shared);
+    };
+    // Nothing of the HTTP side stays: its receiver of the stop signal would hold
+    // shutdown's wait for HTTP connections until this WebSocket ends.
+    drop(shared);
+    // A fresh socket takes a 101 in one go; if not, the rest is written when it can be.
+    let written = match stream.try_write(&response) {
+        Ok(n) => n,
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return FirstRead::Gone,
+    };
+    let mut stream = stream;
+    if written < response.len() {
+        use tokio::io::AsyncWriteExt as _;
+        if stream.write_all(&response[written..]).await.is_err() {
+            return FirstRead::Gone;
+        }
+    }
+    // Frames the client sent right behind its request are the connection's first input.
+    let read_ahead = Bytes::copy_from_slice(&head[head_len..]);
+    FirstRead::Upgraded(Socket::tcp(stream, read_ahead), registration, request)
+}
+
+/// Parses `head` and, if it is a whole upgrade request for the hub's path that every rule
+/// accepts, registers the connection: the 101 to write, the registration, what the
+/// connection keeps of the request, and the length of the head. A plain function, so the
+/// parser's header array lives on the stack, not in the connection's task.
+fn answer(
+    head: &[u8],
+    remote: SocketAddr,
+    hub: &Hub,
+) -> Option<(Vec<u8>, Registration, connection::Request, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head_len) = request.parse(head).ok()? else {
+        return None;
+    };
+    let path = request.path?;
+    let for_hub = request.method == Some("GET")
+        && request.version == Some(1)
+        && path.split_once('?').map_or(path, |(path, _)| path) == WS_PATH;
+    if !for_hub {
+        return None;
+    }
+    let (response, registration, request) = crate::upgrade::accept_parsed(&request, hub, remote)?;
+    Some((response, registration, request, head_len))
+}
+
+/// Serves one HTTP connection with hyper and the router, until it ends or the server stops.
+async fn serve_http(stream: Prefixed, remote: SocketAddr, shared: Arc<Shared>) {
+    let router = shared.router.clone();
+    let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+        // Recorded as axum's `ConnectInfo`, so handlers (and ConnInfo) see the peer.
+        request.extensions_mut().insert(ConnectInfo(remote));
+        router.clone().oneshot(request)
+    });
+    let connection = shared
+        .http
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut stop_http = shared.stop_http.clone();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop_http.changed() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, %remote, "http connection ended with an error");
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// What `serve` relies on to skip one system call per connection.
     #[cfg(target_os = "linux")]
     #[tokio::test]
@@ -137,5 +273,31 @@ mod tests {
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         assert!(accepted.nodelay().unwrap());
+    }
+
+    /// A connection's task is the accept path's future around the connection's own (see
+    /// `the_connection_future_stays_small`): the HTTP side must add next to nothing.
+    #[tokio::test]
+    async fn the_accepted_connection_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, remote) = listener.accept().await.unwrap();
+        let hub = Hub::new(crate::Config::default(), crate::Broadcast).unwrap();
+        let (_stop, stop_http) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            router: crate::router(hub.clone(), crate::Site::default()),
+            hub,
+            http: hyper::server::conn::http1::Builder::new(),
+            inherits_nodelay: true,
+            stop_http,
+        });
+        let future = connection(stream, remote, shared);
+        let size = std::mem::size_of_val(&future);
+        println!("accepted connection future: {size} bytes");
+        assert!(
+            size <= 1100,
+            "the accepted connection future grew to {size} bytes"
+        );
     }
 }

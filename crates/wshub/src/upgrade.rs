@@ -15,9 +15,9 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::compression;
-use crate::config::Config;
 use crate::connection::{self, Socket};
-use crate::hub::{Hub, Refusal};
+use crate::hub::{Hub, Refusal, Registration};
+use crate::prefixed::Prefixed;
 
 impl Hub {
     /// The WebSocket endpoint as an axum route, to mount at any path of any router:
@@ -29,13 +29,10 @@ impl Hub {
 
 /// The axum handler behind [`Hub::endpoint`].
 async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
-    let key = match check(&request, hub.config()) {
-        Ok(key) => key,
+    let accepted = match check(request.headers(), &hub) {
+        Ok(accepted) => accepted,
         Err((status, message)) => return refuse(status, &message),
     };
-    if hub.is_closing() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
-    }
     if request
         .extensions()
         .get::<hyper::upgrade::OnUpgrade>()
@@ -53,55 +50,23 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
         .map(|ConnectInfo(addr)| *addr);
     let admission = match hub.admit(remote_addr.map(|addr| addr.ip())) {
         Ok(admission) => admission,
-        Err(Refusal::ShuttingDown) => {
-            return refuse(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
-        }
-        Err(Refusal::Full(limit)) => {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("server full: {limit} connections open (max_connections)"),
-            );
-        }
-        Err(Refusal::FullForAddress(limit)) => {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!(
-                    "too many connections from your address: {limit} open (max_connections_per_ip)"
-                ),
-            );
-        }
+        Err(refusal) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &refused(refusal)),
     };
-    // permessage-deflate when it is on and the client offers something we can honour.
-    let deflate = hub
-        .compression()
-        .enabled
-        .then(|| {
-            let offers = request.headers().get_all(header::SEC_WEBSOCKET_EXTENSIONS);
-            compression::negotiate(offers.iter().filter_map(|value| value.to_str().ok()))
-        })
-        .flatten();
     // Registered before the 101 goes out: a client that has seen the 101 receives every
     // broadcast from then on (queued until its socket is ready).
-    let registration = hub.register(admission, deflate);
-    // `wshub.v1` when the client offers it; otherwise raw mode (no subprotocol header).
-    let structured = request
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|offered| offered.trim() == crate::protocol::SUBPROTOCOL);
+    let registration = hub.register(admission, accepted.deflate);
     let (parts, _body) = request.into_parts();
     let request = connection::Request {
         remote_addr,
         // Like the header values, hyper's URI is a slice of its read buffer: copy it.
         uri: http::Uri::try_from(parts.uri.to_string()).unwrap_or_default(),
-        headers: hub
-            .handler()
-            .keeps_headers()
-            .then(|| Box::new(kept_headers(&parts.headers))),
-        structured,
-        compressed: deflate.is_some(),
+        headers: hub.handler().keeps_headers().then(|| {
+            let headers = parts.headers.iter();
+            let headers: Vec<_> = headers.map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+            Box::new(kept_headers(&headers))
+        }),
+        structured: accepted.structured,
+        compressed: accepted.deflate.is_some(),
     };
     // One task for the connection's whole life: it waits for hyper to hand over the socket
     // (after our 101 is written), then runs the connection in place.
@@ -118,53 +83,129 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
 
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    if structured {
-        headers.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(crate::protocol::SUBPROTOCOL),
-        );
-    }
-    if let Some(agreement) = deflate
-        && let Ok(value) = HeaderValue::from_str(&agreement.response())
-    {
-        headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, value);
+    for (name, value) in accepted.response_headers() {
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.insert(name, value);
+        }
     }
     response
 }
 
+/// An upgrade request that the accept loop parsed itself (see [`crate::server`]): if every
+/// rule passes and the hub admits it, the connection is registered and this returns the
+/// 101 to write and what the connection needs. `None` means "not here": the caller hands
+/// the request to the router, which answers it (or refuses it with its specific status).
+pub(crate) fn accept_parsed(
+    head: &httparse::Request<'_, '_>,
+    hub: &Hub,
+    remote_addr: SocketAddr,
+) -> Option<(Vec<u8>, Registration, connection::Request)> {
+    let accepted = check(head.headers, hub).ok()?;
+    let admission = hub.admit(Some(remote_addr.ip())).ok()?;
+    let registration = hub.register(admission, accepted.deflate);
+    let request = connection::Request {
+        remote_addr: Some(remote_addr),
+        uri: http::Uri::try_from(head.path?).unwrap_or_default(),
+        headers: hub.handler().keeps_headers().then(|| {
+            let headers: Vec<_> = head.headers.iter().map(|h| (h.name, h.value)).collect();
+            Box::new(kept_headers(&headers))
+        }),
+        structured: accepted.structured,
+        compressed: accepted.deflate.is_some(),
+    };
+    let mut response = Vec::with_capacity(256);
+    response.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in accepted.response_headers() {
+        response.extend_from_slice(name.as_bytes());
+        response.extend_from_slice(b": ");
+        response.extend_from_slice(value.as_bytes());
+        response.extend_from_slice(b"\r\n");
+    }
+    response.extend_from_slice(b"\r\n");
+    Some((response, registration, request))
+}
+
+/// Why the hub admits no more connections, as the 503's message.
+fn refused(refusal: Refusal) -> String {
+    match refusal {
+        Refusal::ShuttingDown => "server shutting down".to_owned(),
+        Refusal::Full(limit) => {
+            format!("server full: {limit} connections open (max_connections)")
+        }
+        Refusal::FullForAddress(limit) => {
+            format!("too many connections from your address: {limit} open (max_connections_per_ip)")
+        }
+    }
+}
+
+/// What a valid upgrade request asked for and gets.
+struct Accepted {
+    /// The client's `Sec-WebSocket-Key`.
+    key: String,
+    /// `wshub.v1` was offered: the connection speaks it; otherwise raw mode.
+    structured: bool,
+    /// permessage-deflate, when it is on and the client offered something we can honour.
+    deflate: Option<compression::Agreement>,
+}
+
+impl Accepted {
+    /// The 101's headers besides its status line.
+    fn response_headers(&self) -> impl Iterator<Item = (&'static str, Cow<'static, str>)> {
+        [
+            Some(("Upgrade", Cow::Borrowed("websocket"))),
+            Some(("Connection", Cow::Borrowed("Upgrade"))),
+            Some((
+                "Sec-WebSocket-Accept",
+                Cow::Owned(derive_accept_key(self.key.as_bytes())),
+            )),
+            self.structured.then_some((
+                "Sec-WebSocket-Protocol",
+                Cow::Borrowed(crate::protocol::SUBPROTOCOL),
+            )),
+            self.deflate
+                .map(|agreement| ("Sec-WebSocket-Extensions", Cow::Owned(agreement.response()))),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
 /// The request headers a connection keeps for its handler, in memory of their own.
 ///
-/// hyper's header values are slices of its 8 KiB read buffer: keeping them would keep that
-/// whole buffer alive for the life of every connection (measured: 8 KiB of heap each). We
-/// copy the values into one buffer of the right size and leave out the handshake's own
-/// headers, which mean nothing once the connection is open.
-fn kept_headers(headers: &HeaderMap) -> HeaderMap {
-    let handshake_only = |name: &header::HeaderName| {
-        name == header::SEC_WEBSOCKET_KEY
-            || name == header::SEC_WEBSOCKET_VERSION
-            || name == header::SEC_WEBSOCKET_EXTENSIONS
-            || name == header::UPGRADE
-            || name == header::CONNECTION
+/// Both sources borrow their read buffer (hyper's is 8 KiB): keeping those values would keep
+/// that whole buffer alive for the life of every connection. We copy the values into one
+/// buffer of the right size and leave out the handshake's own headers, which mean nothing
+/// once the connection is open. A header whose name or value is not valid is left out.
+fn kept_headers(headers: &[(&str, &[u8])]) -> HeaderMap {
+    let handshake_only = |name: &str| {
+        [
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "sec-websocket-extensions",
+            "upgrade",
+            "connection",
+        ]
+        .iter()
+        .any(|skip| name.eq_ignore_ascii_case(skip))
     };
     let kept = || headers.iter().filter(|(name, _)| !handshake_only(name));
     let mut values = bytes::BytesMut::with_capacity(kept().map(|(_, v)| v.len()).sum());
     for (_, value) in kept() {
-        values.extend_from_slice(value.as_bytes());
+        values.extend_from_slice(value);
     }
     let values = values.freeze();
     let mut copy = HeaderMap::with_capacity(kept().count());
     let mut start = 0;
     for (name, value) in kept() {
         let end = start + value.len();
-        // The bytes were a valid header value a moment ago, so this cannot fail; if it
-        // ever did, the header is left out rather than the connection refused.
-        if let Ok(value) = HeaderValue::from_maybe_shared(values.slice(start..end)) {
-            copy.append(name.clone(), value);
+        if let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_maybe_shared(values.slice(start..end)),
+        ) {
+            copy.append(name, value);
         }
         start = end;
     }
@@ -176,8 +217,21 @@ fn kept_headers(headers: &HeaderMap) -> HeaderMap {
 /// reader and the publishers. Any other stream (TLS, a server that wraps its sockets)
 /// works the same through a shared lock.
 fn into_socket(upgraded: hyper::upgrade::Upgraded) -> Socket {
-    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-        Ok(parts) => Socket::tcp(parts.io.into_inner(), parts.read_buf),
+    let upgraded = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => return Socket::tcp(parts.io.into_inner(), parts.read_buf),
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<Prefixed>>() {
+        Ok(parts) => {
+            // hyper read the prefix first, so what is left of it precedes its own buffer.
+            let (stream, prefix) = parts.io.into_inner().into_parts();
+            let read_ahead = if prefix.is_empty() {
+                parts.read_buf
+            } else {
+                [prefix, parts.read_buf].concat().into()
+            };
+            Socket::tcp(stream, read_ahead)
+        }
         Err(upgraded) => Socket::split(TokioIo::new(upgraded), bytes::Bytes::new()),
     }
 }
@@ -185,12 +239,45 @@ fn into_socket(upgraded: hyper::upgrade::Upgraded) -> Socket {
 /// Why an upgrade request is rejected: the status and a one-line message.
 type Rejection = (StatusCode, std::borrow::Cow<'static, str>);
 
-/// Checks the upgrade request; returns the client's `Sec-WebSocket-Key`.
-fn check(request: &Request, config: &Config) -> Result<String, Rejection> {
-    let headers = request.headers();
-    if !header_has_token(headers, header::CONNECTION, "upgrade")
-        || !header_has_token(headers, header::UPGRADE, "websocket")
-    {
+/// Request headers as the upgrade rules read them: hyper's `HeaderMap` (the axum endpoint)
+/// or the accept loop's own `httparse` parse.
+trait Headers {
+    /// Every value of header `name` (given in lower case), in order.
+    fn values<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a [u8]>;
+
+    /// The first value of `name`.
+    fn first(&self, name: &'static str) -> Option<&[u8]> {
+        self.values(name).next()
+    }
+
+    /// True if a comma-separated header contains `token` (case-insensitive), as
+    /// `Connection: keep-alive, Upgrade` does.
+    fn has_token(&self, name: &'static str, token: &str) -> bool {
+        self.values(name)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+}
+
+impl Headers for HeaderMap {
+    fn values<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a [u8]> {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
+
+impl Headers for [httparse::Header<'_>] {
+    fn values<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a [u8]> {
+        self.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+/// Checks the upgrade request against every rule and decides what it gets.
+fn check(headers: &(impl Headers + ?Sized), hub: &Hub) -> Result<Accepted, Rejection> {
+    let config = hub.config();
+    if !headers.has_token("connection", "upgrade") || !headers.has_token("upgrade", "websocket") {
         return Err((
             StatusCode::UPGRADE_REQUIRED,
             Cow::Borrowed(
@@ -198,10 +285,7 @@ fn check(request: &Request, config: &Config) -> Result<String, Rejection> {
             ),
         ));
     }
-    match headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-    {
+    match headers.first("sec-websocket-version") {
         Some(b"13") => {}
         Some(other) => {
             let other = String::from_utf8_lossy(other);
@@ -220,8 +304,8 @@ fn check(request: &Request, config: &Config) -> Result<String, Rejection> {
         }
     }
     let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok())
+        .first("sec-websocket-key")
+        .and_then(|v| std::str::from_utf8(v).ok())
         .filter(|k| is_valid_key(k))
         .ok_or((
             StatusCode::BAD_REQUEST,
@@ -229,9 +313,11 @@ fn check(request: &Request, config: &Config) -> Result<String, Rejection> {
                 "missing or malformed Sec-WebSocket-Key (must be 16 bytes, base64-encoded)",
             ),
         ))?;
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        let origin = origin.to_str().unwrap_or("");
+    if let Some(origin) = headers.first("origin") {
+        let host = headers
+            .first("host")
+            .and_then(|h| std::str::from_utf8(h).ok());
+        let origin = std::str::from_utf8(origin).unwrap_or("");
         if !origin_allowed(origin, host, &config.allowed_origins) {
             return Err((
                 StatusCode::FORBIDDEN,
@@ -241,18 +327,30 @@ fn check(request: &Request, config: &Config) -> Result<String, Rejection> {
             ));
         }
     }
-    Ok(key.to_owned())
-}
-
-/// True if a comma-separated header contains `token` (case-insensitive), as
-/// `Connection: keep-alive, Upgrade` does.
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    if hub.is_closing() {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Cow::Borrowed("server shutting down"),
+        ));
+    }
+    let deflate = hub
+        .compression()
+        .enabled
+        .then(|| {
+            let offers = headers.values("sec-websocket-extensions");
+            compression::negotiate(offers.filter_map(|value| std::str::from_utf8(value).ok()))
+        })
+        .flatten();
+    let structured = headers
+        .values("sec-websocket-protocol")
+        .filter_map(|value| std::str::from_utf8(value).ok())
+        .flat_map(|value| value.split(','))
+        .any(|offered| offered.trim() == crate::protocol::SUBPROTOCOL);
+    Ok(Accepted {
+        key: key.to_owned(),
+        structured,
+        deflate,
+    })
 }
 
 /// A key is 16 random bytes in base64: 22 significant characters and `==`.

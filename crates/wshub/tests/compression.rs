@@ -19,9 +19,11 @@ fn compressing(config: Config) -> Config {
 
 /// The `sec-websocket-extensions` value of a 101's head, if any.
 fn extensions(head: &str) -> Option<String> {
-    head.lines()
-        .find_map(|line| line.strip_prefix("sec-websocket-extensions: "))
-        .map(str::to_owned)
+    head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("sec-websocket-extensions")
+            .then(|| value.trim().to_owned())
+    })
 }
 
 /// What a client does before sending: raw deflate, sync flush, tail removed.

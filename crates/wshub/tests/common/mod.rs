@@ -186,6 +186,21 @@ impl RawClient {
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
+        RawClient::await_101(stream).await
+    }
+
+    /// The upgrade request, for tests that send it their own way (in pieces, behind
+    /// another request, with frames right behind it).
+    pub fn upgrade_request(addr: SocketAddr) -> String {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    }
+
+    /// Reads the server's answer up to the end of a 101's head (anything else panics);
+    /// returns the client and the head. Bytes after it stay for [`RawClient::read_frame`].
+    pub async fn await_101(mut stream: TcpStream) -> (RawClient, String) {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 1024];
         loop {
