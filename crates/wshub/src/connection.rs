@@ -86,15 +86,17 @@ pub(crate) struct Request {
     pub(crate) compressed: bool,
 }
 
-/// Runs one connection to its end: waits for the upgraded socket (`upgrade` yields `None`
-/// if the upgrade failed), then reads, writes and closes it.
+/// Runs one connection to its end: reads, writes and closes `socket`.
 ///
 /// This future is the connection's task for its whole life, so its size is per-connection
-/// memory (a test below keeps it small). Hence its shape: one `async move` block, not an
-/// `async fn` (rustc stores an async fn's arguments twice), the request turned into the
-/// handler's [`ConnInfo`] before the future exists, and rare, large futures boxed.
+/// memory (a test below keeps it small). Hence its shape: a plain function that does
+/// everything it can before the future exists (the request turned into the handler's
+/// [`ConnInfo`], the socket split, the client's first frames parsed), then one `async
+/// move` block holding only what the connection needs from then on (rustc keeps an async
+/// fn's arguments for its whole life, beside what they were moved into), and rare, large
+/// futures boxed.
 pub(crate) fn run(
-    upgrade: impl Future<Output = Option<Socket>> + Send,
+    socket: Socket,
     registration: Registration,
     request: Request,
 ) -> impl Future<Output = ()> + Send {
@@ -106,20 +108,23 @@ pub(crate) fn run(
         headers: request.headers,
     });
     let structured = request.structured;
-    let compressed = request.compressed;
+    let Socket {
+        mut read,
+        write,
+        read_ahead,
+    } = socket;
+    registration.outbox.attach(write);
+    let mut reader = FrameReader::new(registration.hub.config().max_message_size);
+    reader.inflate(request.compressed);
+    // The client's first frames may have come with the upgrade request: parsed now (the
+    // bytes are a slice of the HTTP side's buffer, never kept), handled once the handler
+    // has seen the connection. A protocol error among them (`broken`) ends the connection
+    // after the events read before it are handled.
+    let mut events = Vec::new();
+    let broken = reader.feed(&mut read_ahead.to_vec(), &mut events).err();
+    drop(read_ahead);
     async move {
-        let Some(Socket {
-            mut read,
-            write,
-            read_ahead,
-        }) = upgrade.await
-        else {
-            return; // dropping the registration leaves the hub
-        };
-        registration.outbox.attach(write);
         let hub = &registration.hub;
-        let mut reader = FrameReader::new(hub.config().max_message_size);
-        reader.inflate(compressed);
         tracing::debug!(conn_id = %info.id, remote = ?info.remote_addr, "connected");
         hub.handler().on_connect(hub, &info).await;
 
@@ -128,7 +133,8 @@ pub(crate) fn run(
             let pump = pump(
                 &mut read,
                 &mut reader,
-                read_ahead,
+                &mut events,
+                broken,
                 hub,
                 &info,
                 &registration,
@@ -162,10 +168,12 @@ pub(crate) fn run(
 
 /// Reading, keepalive and the write deadline, interleaved; returns why the connection
 /// must end.
+#[allow(clippy::too_many_arguments)] // borrows of the connection's parts, one each
 async fn pump(
     read: &mut Reader,
     reader: &mut FrameReader,
-    read_ahead: Bytes,
+    events: &mut Vec<Inbound>,
+    mut broken: Option<ReadError>,
     hub: &Hub,
     info: &ConnInfo,
     registration: &Registration,
@@ -185,13 +193,8 @@ async fn pump(
     ));
     let read_size = config.read_buffer_size.max(16);
 
-    // The client's first frames may have come with the upgrade request. hyper's bytes
-    // are a slice of its 8 KiB read buffer: parsed, then dropped, never kept.
-    let mut events = Vec::new();
     // A protocol error (`broken`) ends the connection after the events read before it
     // are handled, as a client that sent a good message and then a bad frame expects.
-    let mut broken = reader.feed(&mut read_ahead.to_vec(), &mut events).err();
-    drop(read_ahead);
     // Set after this connection published while the hub was congested: it reads
     // nothing more from its client until the recipients catch up (see `backpressure`).
     let mut paused = false;
@@ -230,7 +233,7 @@ async fn pump(
             }
             // Boxed, and made only once paused: an idle connection should not carry it.
             () = async { Box::pin(hub.backpressure().relieved()).await }, if paused => paused = false,
-            read = std::future::poll_fn(|cx| poll_read(read, reader, read_size, &mut events, cx)), if !paused => {
+            read = std::future::poll_fn(|cx| poll_read(read, reader, read_size, events, cx)), if !paused => {
                 last_seen = Instant::now();
                 match read {
                     Ok(true) => {}
@@ -386,10 +389,10 @@ mod tests {
             structured: false,
             compressed: false,
         };
-        let upgrade = std::future::ready(None::<Socket>);
-        let future = run(upgrade, registration, request);
+        let (socket, _peer) = tokio::io::duplex(64);
+        let future = run(Socket::split(socket, Bytes::new()), registration, request);
         let size = std::mem::size_of_val(&future);
         println!("connection future: {size} bytes");
-        assert!(size <= 1400, "the connection future grew to {size} bytes");
+        assert!(size <= 840, "the connection future grew to {size} bytes");
     }
 }

@@ -36,8 +36,8 @@ pub async fn connection(client_bytes: Vec<u8>) {
         structured: false,
         compressed: false,
     };
-    let upgrade = std::future::ready(Some(connection::Socket::split(server, bytes::Bytes::new())));
-    connection::run(upgrade, hub.register(admission, None), request).await;
+    let socket = connection::Socket::split(server, bytes::Bytes::new());
+    connection::run(socket, hub.register(admission, None), request).await;
     let _ = peer.await;
     assert_eq!(hub.connection_count(), 0, "the connection is forgotten");
 }

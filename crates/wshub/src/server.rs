@@ -140,11 +140,9 @@ fn connection(
     shared: Arc<Shared>,
 ) -> impl Future<Output = ()> + Send {
     first_read(stream, remote, shared).then(move |first| match first {
-        FirstRead::Upgraded(socket, registration, request) => Either::Left(connection::run(
-            std::future::ready(Some(socket)),
-            registration,
-            request,
-        )),
+        FirstRead::Upgraded(socket, registration, request) => {
+            Either::Left(connection::run(socket, registration, request))
+        }
         FirstRead::Http(stream, shared) => {
             Either::Right(Either::Left(Box::pin(serve_http(stream, remote, shared))))
         }

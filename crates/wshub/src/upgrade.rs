@@ -10,6 +10,8 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -69,17 +71,19 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
         compressed: accepted.deflate.is_some(),
     };
     // One task for the connection's whole life: it waits for hyper to hand over the socket
-    // (after our 101 is written), then runs the connection in place.
-    let upgrade = async move {
-        match on_upgrade.await {
-            Ok(upgraded) => Some(into_socket(upgraded)),
-            Err(error) => {
-                tracing::debug!(%error, "upgrade failed");
-                None
-            }
+    // (after our 101 is written), then runs the connection in the same place (`then`).
+    // If the upgrade fails, dropping the registration leaves the hub.
+    tokio::spawn(on_upgrade.then(move |upgraded| match upgraded {
+        Ok(upgraded) => Either::Left(connection::run(
+            into_socket(upgraded),
+            registration,
+            request,
+        )),
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            Either::Right(std::future::ready(()))
         }
-    };
-    tokio::spawn(connection::run(upgrade, registration, request));
+    }));
 
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let headers = response.headers_mut();
