@@ -19,7 +19,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 cargo fuzz build -s none
-for target in config_toml http_request websocket_frames frame_reader; do
+for target in config_toml http_request websocket_frames frame_reader upgrade_head; do
   corpus="$ROOT/target/fuzz-corpus/$target"
   mkdir -p "$corpus"
   echo "--- fuzz $target for ${SECONDS_PER}s"

@@ -67,3 +67,31 @@ pub fn frame_reader(bytes: &[u8]) {
         }
     }
 }
+
+/// The accept loop's own reading of an upgrade request (see `server`): any bytes as a
+/// connection's first read either are handed on to hyper or give a registered connection
+/// and a 101 that carries the accept value; never a panic. With compression on, so the
+/// extension offers are parsed too.
+pub fn upgrade_head(bytes: &[u8]) {
+    let config = Config {
+        compression: true,
+        allowed_origins: vec!["http://allowed.example".to_owned()],
+        ..Config::default()
+    };
+    let Ok(hub) = Hub::new(config, Broadcast) else {
+        return;
+    };
+    let remote = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+    if let Some((response, _registration, _request, head_len)) =
+        crate::server::answer(bytes, remote, &hub)
+    {
+        assert!(head_len <= bytes.len());
+        assert!(response.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(response.ends_with(b"\r\n\r\n"));
+        assert_eq!(
+            hub.connection_count(),
+            1,
+            "an answered upgrade is registered"
+        );
+    }
+}

@@ -362,7 +362,7 @@ fn unmask(payload: &mut [u8], mask: [u8; 4], offset: usize) {
 }
 
 /// Reads `bytes` fed in chunks of `step`: the events, or the first error (tests, fuzzing).
-#[cfg(any(test, fuzzing))]
+#[cfg(test)]
 pub(crate) fn read_all(bytes: &[u8], step: usize, max: usize) -> Result<Vec<Inbound>, ReadError> {
     read_all_inflating(bytes, step, max, false)
 }

@@ -208,7 +208,7 @@ async fn first_read(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>) 
 /// accepts, registers the connection: the 101 to write, the registration, what the
 /// connection keeps of the request, and the length of the head. A plain function, so the
 /// parser's header array lives on the stack, not in the connection's task.
-fn answer(
+pub(crate) fn answer(
     head: &[u8],
     remote: SocketAddr,
     hub: &Hub,
