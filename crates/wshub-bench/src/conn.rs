@@ -478,8 +478,8 @@ impl Conn {
                     *close_sent = true;
                 }
             }
-            Event::Bad(opcode) => {
-                shared.error(format!("protocol: opcode {opcode:#x} from server"));
+            Event::Bad(violation) => {
+                shared.error(format!("protocol: {violation} from server"));
                 *closing = true;
             }
         })

@@ -129,8 +129,34 @@ pub(crate) enum Event<'a> {
     Ping(&'a [u8]),
     /// A close frame.
     Close,
-    /// A frame with a reserved opcode.
-    Bad(u8),
+    /// A frame that breaks the protocol.
+    Bad(Violation),
+}
+
+/// What is wrong with a frame the server sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Violation {
+    /// A reserved opcode.
+    Opcode(u8),
+    /// Reserved bits set (the first byte's 0x70) that no agreed extension defines.
+    Reserved(u8),
+    /// A control frame with more than 125 payload bytes (RFC 6455 §5.5).
+    LongControl(u8),
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Violation::Opcode(opcode) => write!(f, "opcode {opcode:#x}"),
+            Violation::Reserved(bits) => write!(f, "reserved bits {bits:#04x} set"),
+            Violation::LongControl(opcode) => {
+                write!(
+                    f,
+                    "control frame (opcode {opcode:#x}) longer than 125 bytes"
+                )
+            }
+        }
+    }
 }
 
 /// The longest message prefix a decoder can be asked to hand over.
@@ -184,6 +210,7 @@ impl Decoder {
                 return pos;
             }
             let opcode = rest[0] & 0x0F;
+            let reserved = rest[0] & 0x70;
             let masked = rest[1] & 0x80 != 0;
             let len7 = rest[1] & 0x7F;
             let (len, mut hlen) = match len7 {
@@ -214,10 +241,19 @@ impl Decoder {
                 None
             };
             let avail = (rest.len() - hlen) as u64;
+            // Checked before anything is kept: a long control frame would not fit the carry.
+            let violation = if reserved != 0 {
+                Some(Violation::Reserved(reserved))
+            } else if opcode & 0x8 != 0 && len > 125 {
+                Some(Violation::LongControl(opcode))
+            } else {
+                None
+            };
             // How much payload must be in hand before the frame can be handled.
-            let need = match opcode {
-                op::TEXT | op::BINARY => len.min(self.prefix),
-                op::PING | op::CLOSE => len,
+            let need = match (violation, opcode) {
+                (Some(_), _) => 0,
+                (None, op::TEXT | op::BINARY) => len.min(self.prefix),
+                (None, op::PING | op::CLOSE) => len,
                 _ => 0,
             };
             if avail < need {
@@ -231,12 +267,13 @@ impl Decoder {
                 }
             }
             let payload = &buf[start..start + need as usize];
-            match opcode {
-                op::TEXT | op::BINARY => on(Event::Message(payload)),
-                op::PING => on(Event::Ping(payload)),
-                op::CLOSE => on(Event::Close),
-                op::PONG | op::CONT => {}
-                other => on(Event::Bad(other)),
+            match (violation, opcode) {
+                (Some(violation), _) => on(Event::Bad(violation)),
+                (None, op::TEXT | op::BINARY) => on(Event::Message(payload)),
+                (None, op::PING) => on(Event::Ping(payload)),
+                (None, op::CLOSE) => on(Event::Close),
+                (None, op::PONG | op::CONT) => {}
+                (None, other) => on(Event::Bad(Violation::Opcode(other))),
             }
             pos = start + take;
             self.skip = len - take as u64;
@@ -424,12 +461,43 @@ mod tests {
                     Event::Message(p) => format!("m{}{}", p.len(), p[0] as char),
                     Event::Ping(p) => format!("ping{}", p.len()),
                     Event::Close => "close".into(),
-                    Event::Bad(o) => format!("bad{o}"),
+                    Event::Bad(v) => format!("bad {v}"),
                 })
             });
             assert_eq!(
                 events,
                 ["m32x", "ping2", "m32y", "m32z", "close"],
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn violations_are_reported_and_skipped() {
+        let mut stream = Vec::new();
+        let mut rsv2 = unmasked(op::TEXT, b"x");
+        rsv2[0] |= 0x20;
+        stream.extend(rsv2);
+        stream.extend(unmasked(0x3, b"reserved opcode"));
+        stream.extend(unmasked(op::PING, &[b'p'; 200]));
+        stream.extend(unmasked(op::TEXT, &[b'm'; 40]));
+        for chunk in [1usize, 3, 100, 4096] {
+            let mut events = Vec::new();
+            feed_in_chunks(Decoder::default(), &stream, chunk, |e| {
+                events.push(match e {
+                    Event::Bad(v) => v.to_string(),
+                    Event::Message(p) => format!("m{}", p.len()),
+                    other => format!("{other:?}"),
+                })
+            });
+            assert_eq!(
+                events,
+                [
+                    "reserved bits 0x20 set",
+                    "opcode 0x3",
+                    "control frame (opcode 0x9) longer than 125 bytes",
+                    "m32"
+                ],
                 "chunk {chunk}"
             );
         }
