@@ -71,6 +71,17 @@ so it reads the server's CPU time with nanosecond resolution from /proc/PID/task
 and its own from CLOCK_PROCESS_CPUTIME_ID, and marks CLIENT-BOUND when the tool used more than \
 90% of a core during the catch-ups.
 
+COMPRESSION. With --deflate (idle, fanout, channel, churn) every handshake offers \
+`permessage-deflate; client_no_context_takeover; server_no_context_takeover` (RFC 7692). The \
+server must agree, answering with server_no_context_takeover (wshub does with --compression \
+true): a server that declines fails the run, so uncompressed traffic is never reported as \
+compressed. Every compressed message (RSV1) is then a deflate stream of its own: each worker \
+keeps one inflater for all its connections, reset per message, and inflates only the start \
+of each message, as many bytes as it would look at uncompressed. The tool's own messages go \
+out uncompressed, which RFC 7692 allows message by message: the server compresses and never \
+inflates. fanout reports how many deliveries came compressed. RSV1 without the agreement is \
+a protocol error.
+
 FAN-OUT ACCOUNTING (fanout and channel). Senders start only after all N connections are open. Sending runs for \
 --warmup (messages marked as warm-up, not counted), then for --duration (the measured window). \
 Only messages sent inside the window count: expected deliveries = messages sent in the window \
@@ -227,6 +238,11 @@ pub(crate) struct Common {
     /// back in delayed-ACK mode after each read).
     #[arg(long)]
     pub(crate) quick_acks: bool,
+    /// Offer permessage-deflate (no context takeover either way) in every handshake and
+    /// inflate compressed messages; a server that declines fails the run. The tool's own
+    /// messages go out uncompressed (RFC 7692 allows it per message).
+    #[arg(long)]
+    pub(crate) deflate: bool,
     /// Print one JSON object instead of the human-readable report.
     #[arg(long)]
     pub(crate) json: bool,

@@ -20,6 +20,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::deflate::{self, Inflater};
 use crate::hist::Histogram;
 use crate::proto::{Counters, Mode, OffsetCheck, Plan, Schedule, SenderAnomaly};
 use crate::sys::now_us;
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     /// The worker's plan.
     pub(crate) plan: Plan,
     buf: RefCell<Vec<u8>>,
+    /// Inflates compressed messages for every connection (contexts are reset per message).
+    inflater: RefCell<Inflater>,
     /// The measured window (warm-up end, window end), µs; `u64::MAX` until `Go`.
     pub(crate) window: Cell<(u64, u64)>,
     pub(crate) opened: Cell<u64>,
@@ -57,6 +60,10 @@ pub(crate) struct Shared {
     pub(crate) pings: Cell<u64>,
     pub(crate) stalls: Cell<u64>,
     pub(crate) backlog_skipped: Cell<u64>,
+    /// Handshakes the server answered without the permessage-deflate we offered.
+    pub(crate) declined: Cell<u64>,
+    /// Deliveries of this run's messages received compressed during the window.
+    pub(crate) compressed_in_window: Cell<u64>,
     /// Latencies (fan-out) or handshake times (churn), µs.
     pub(crate) hist: RefCell<Histogram>,
     /// Fan-out: latencies of senders' own copies (the closed loop's round trip), µs.
@@ -85,6 +92,7 @@ impl Shared {
         };
         Self {
             buf: RefCell::new(vec![0; MAX_CARRY + READ_BUF]),
+            inflater: RefCell::new(Inflater::default()),
             window: Cell::new((u64::MAX, u64::MAX)),
             opened: Cell::default(),
             failed: Cell::default(),
@@ -101,6 +109,8 @@ impl Shared {
             pings: Cell::default(),
             stalls: Cell::default(),
             backlog_skipped: Cell::default(),
+            declined: Cell::default(),
+            compressed_in_window: Cell::default(),
             hist: RefCell::new(Histogram::new()),
             echo_hist: RefCell::new(Histogram::new()),
             anomalies: RefCell::new(
@@ -150,6 +160,7 @@ impl Shared {
             received_in_window: self.received_in_window.get(),
             cycles_ok: self.cycles_ok.get(),
             cycles_failed: self.cycles_failed.get(),
+            declined: self.declined.get(),
         }
     }
 
@@ -301,8 +312,9 @@ pub(crate) async fn open(
     let _ = stream.set_nodelay(true);
     let key = wire::new_key();
     let protocol = plan.protocol.as_deref();
+    let offer = plan.deflate.then_some(deflate::OFFER);
     stream
-        .write_all(wire::request(&plan.host, &plan.path, &key, protocol).as_bytes())
+        .write_all(wire::request(&plan.host, &plan.path, &key, protocol, offer).as_bytes())
         .await
         .map_err(|e| format!("handshake write: {e}"))?;
     let mut head = Vec::with_capacity(512);
@@ -324,13 +336,20 @@ pub(crate) async fn open(
         }
     };
     wire::check_response(&head[..end], &key, protocol).map_err(|e| format!("handshake: {e}"))?;
+    let agreed =
+        deflate::check_answer(&head[..end], plan.deflate).map_err(|e| format!("handshake: {e}"))?;
+    if plan.deflate && !agreed {
+        bump(&shared.declined, 1);
+        return Err(deflate::DECLINED.into());
+    }
     let mut conn = Conn {
         stream,
         decoder: if plan.channel.is_some() {
             Decoder::new(v1::PREFIX)
         } else {
             Decoder::default()
-        },
+        }
+        .with_deflate(agreed),
         carry: Vec::new(),
         out: Vec::new(),
         next_seq: if me.is_some() || matches!(plan.mode, Mode::Fanout | Mode::Channel) {
@@ -413,8 +432,12 @@ impl Conn {
         let plan = &shared.plan;
         let (warmup_end, window_end) = shared.window.get();
         let in_window = now >= warmup_end && now < window_end;
-        decoder.feed(bytes, |event| match event {
-            Event::Message(payload) => {
+        let mut inflater = shared.inflater.borrow_mut();
+        decoder.feed(bytes, &mut inflater, |event| match event {
+            Event::Message {
+                prefix: payload,
+                compressed,
+            } => {
                 let header = match subscription.as_mut() {
                     None => Header::parse(payload),
                     Some(subscription) => match subscription.frame(shared, payload) {
@@ -429,6 +452,9 @@ impl Conn {
                 bump(&shared.received, 1);
                 if in_window {
                     bump(&shared.received_in_window, 1);
+                    if compressed {
+                        bump(&shared.compressed_in_window, 1);
+                    }
                 }
                 if h.measured {
                     bump(&shared.delivered, 1);

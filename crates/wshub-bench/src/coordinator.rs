@@ -145,6 +145,7 @@ impl Fleet {
             t.received_in_window += c.received_in_window;
             t.cycles_ok += c.cycles_ok;
             t.cycles_failed += c.cycles_failed;
+            t.declined += c.declined;
         }
         t
     }
@@ -377,6 +378,7 @@ fn setup(
         quick_acks: args.quick_acks,
         protocol,
         channel,
+        deflate: args.deflate,
     };
     let plans = plan::split_plans(&common, workers);
     let fleet = Fleet::spawn(&plans)?;
@@ -425,6 +427,20 @@ fn wait_opened(
     Ok((first, last.max(first)))
 }
 
+/// Fails the run if the server declined the permessage-deflate offer (`--deflate`): rather
+/// than measure uncompressed traffic and call it compressed.
+fn refuse_declined(totals: &Counters, tried: u64) -> Result<(), String> {
+    if totals.declined == 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "--deflate: the server declined permessage-deflate in {} of {tried} handshakes (its 101 \
+         had no permessage-deflate in Sec-WebSocket-Extensions); wshub compresses only with \
+         --compression true",
+        totals.declined
+    ))
+}
+
 /// `idle`.
 pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
     let began = Instant::now();
@@ -462,6 +478,7 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
     let start = CpuSample::take(&fleet, pid);
     let mut progress = Progress::new(args.common.quiet);
     let (first, last) = wait_opened(&mut fleet, &mut progress, args.conns)?;
+    refuse_declined(&fleet.totals(), args.conns)?;
     let opened_sample = CpuSample::take(&fleet, pid);
     let rss_opened = pid.and_then(sys::rss_kib).unwrap_or(0);
     let mut rss_peak = rss_opened;
@@ -514,6 +531,7 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
         scenario: "idle",
         url: args.common.url.clone(),
         conns: args.conns,
+        deflate: args.common.deflate,
         subprotocol,
         subscribe: args.subscribe.clone(),
         opened: totals.opened,
@@ -618,6 +636,7 @@ fn broadcast(
     let mut progress = Progress::new(args.common.quiet);
     wait_opened(&mut fleet, &mut progress, args.conns)?;
     let opened = fleet.totals();
+    refuse_declined(&opened, args.conns)?;
     if opened.opened == 0 {
         let reports = fleet.stop()?;
         let errors = merge_errors(&reports);
@@ -767,6 +786,7 @@ fn broadcast(
             args.senders
         },
         quick_acks: args.common.quick_acks,
+        deflate: args.common.deflate,
         size: args.size,
         warmup_s: args.warmup.as_secs_f64(),
         duration_s,
@@ -783,6 +803,7 @@ fn broadcast(
         skipped: anomalies.iter().map(|a| a.skipped).sum(),
         anomalies,
         received_in_window: totals.received_in_window,
+        compressed_in_window: reports.iter().map(|r| r.compressed_in_window).sum(),
         deliveries_per_s: totals.received_in_window as f64 / duration_s.max(1e-9),
         latency: Latency::of(&hist),
         echo_latency: Latency::of(&merge_hist(&reports, |r| &r.echo_latency)),
@@ -841,6 +862,7 @@ pub(crate) fn churn(args: &ChurnArgs) -> Result<(ChurnReport, bool), String> {
     let end = CpuSample::take(&fleet, pid);
     let reports = fleet.stop()?;
     let totals = fleet.totals();
+    refuse_declined(&totals, args.cycles)?;
     let first = reports.iter().map(|r| r.open_start_us).min().unwrap_or(0);
     let last = reports.iter().map(|r| r.open_end_us).max().unwrap_or(0);
     let elapsed_s = (last.saturating_sub(first) as f64 / 1e6).max(1e-9);
@@ -865,6 +887,7 @@ pub(crate) fn churn(args: &ChurnArgs) -> Result<(ChurnReport, bool), String> {
         url: args.common.url.clone(),
         concurrency: args.conns,
         cycles: args.cycles,
+        deflate: args.common.deflate,
         ok: totals.cycles_ok,
         failed: totals.cycles_failed,
         elapsed_s,

@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod conn;
 mod coordinator;
+mod deflate;
 mod hist;
 mod plan;
 mod proto;

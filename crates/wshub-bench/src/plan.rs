@@ -106,6 +106,7 @@ pub(crate) struct Common {
     pub(crate) quick_acks: bool,
     pub(crate) protocol: Option<String>,
     pub(crate) channel: Option<String>,
+    pub(crate) deflate: bool,
 }
 
 /// `n` split into `parts` near-equal shares: (first index, count) of each.
@@ -156,6 +157,7 @@ pub(crate) fn split_plans(common: &Common, workers: usize) -> Vec<Plan> {
                 quick_acks: common.quick_acks,
                 protocol: common.protocol.clone(),
                 channel: common.channel.clone(),
+                deflate: common.deflate,
             }
         })
         .collect()

@@ -143,6 +143,8 @@ pub(crate) struct IdleReport {
     pub(crate) scenario: &'static str,
     pub(crate) url: String,
     pub(crate) conns: u64,
+    /// permessage-deflate was offered (and agreed: a decline fails the run).
+    pub(crate) deflate: bool,
     /// The subprotocol asked for (`--subprotocol`, or wshub.v1 with `--subscribe`).
     pub(crate) subprotocol: Option<String>,
     /// The channel every connection subscribed to (`--subscribe`).
@@ -198,6 +200,8 @@ pub(crate) struct FanoutReport {
     pub(crate) active_senders: u64,
     /// Whether the kernel's quick ACKs were left on (`--quick-acks`).
     pub(crate) quick_acks: bool,
+    /// permessage-deflate was offered (and agreed: a decline fails the run).
+    pub(crate) deflate: bool,
     pub(crate) size: usize,
     pub(crate) warmup_s: f64,
     pub(crate) duration_s: f64,
@@ -220,6 +224,8 @@ pub(crate) struct FanoutReport {
     pub(crate) anomalies: Vec<SenderAnomaly>,
     /// Deliveries of this run's messages received during the window.
     pub(crate) received_in_window: u64,
+    /// Of those, the ones that came compressed (RSV1 set).
+    pub(crate) compressed_in_window: u64,
     /// received_in_window / duration.
     pub(crate) deliveries_per_s: f64,
     /// Over all measured deliveries.
@@ -424,6 +430,8 @@ pub(crate) struct ChurnReport {
     pub(crate) url: String,
     pub(crate) concurrency: u64,
     pub(crate) cycles: u64,
+    /// permessage-deflate was offered (and agreed: a decline fails the run).
+    pub(crate) deflate: bool,
     /// Cycles whose handshake and close completed.
     pub(crate) ok: u64,
     pub(crate) failed: u64,
@@ -478,13 +486,18 @@ impl IdleReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "idle {}{}",
+            "idle {}{}{}",
             self.url,
             match (&self.subscribe, &self.subprotocol) {
                 (Some(channel), Some(p)) =>
                     format!(" ({p}, every connection subscribed to {channel})"),
                 (None, Some(p)) => format!(" ({p})"),
                 _ => String::new(),
+            },
+            if self.deflate {
+                ", permessage-deflate"
+            } else {
+                ""
             }
         );
         let _ = writeln!(
@@ -547,13 +560,18 @@ impl FanoutReport {
         };
         let _ = writeln!(
             out,
-            "{} {}: {} conns, {} senders, {mode}, {} B messages{}",
+            "{} {}: {} conns, {} senders, {mode}, {} B messages{}{}",
             self.scenario,
             self.url,
             self.conns,
             self.senders,
             self.size,
-            if self.quick_acks { ", quick ACKs" } else { "" }
+            if self.quick_acks { ", quick ACKs" } else { "" },
+            if self.deflate {
+                ", permessage-deflate"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             out,
@@ -598,6 +616,13 @@ impl FanoutReport {
             );
         }
         more(&mut out);
+        if self.deflate {
+            let _ = writeln!(
+                out,
+                "compressed:        {} of the {} deliveries received during the window (RSV1)",
+                self.compressed_in_window, self.received_in_window
+            );
+        }
         let _ = writeln!(
             out,
             "throughput:        {} deliveries/s ({} received during the window)",
@@ -787,8 +812,15 @@ impl ChurnReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "churn {}: {} cycles, {} at a time",
-            self.url, self.cycles, self.concurrency
+            "churn {}: {} cycles, {} at a time{}",
+            self.url,
+            self.cycles,
+            self.concurrency,
+            if self.deflate {
+                ", permessage-deflate"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             out,

@@ -538,6 +538,29 @@ fn refused_connections_are_reported_not_fatal_for_idle() {
 }
 
 #[test]
+fn deflate_against_a_server_that_declines_fails_the_run() {
+    let server = Server::start(&[]);
+    let url = server.url();
+    for args in [
+        &["idle", "--conns", "5"][..],
+        &["fanout", "--conns", "5", "--senders", "1"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wshub-bench"))
+            .args(args)
+            .args(["--url", &url, "--deflate", "--json", "--quiet"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("declined permessage-deflate in 5 of 5 handshakes"),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
 fn help_explains_scaling() {
     let out = Command::new(env!("CARGO_BIN_EXE_wshub-bench"))
         .arg("--help")
@@ -552,6 +575,7 @@ fn help_explains_scaling() {
         "--drain",
         "wshub.v1",
         "recover",
+        "permessage-deflate",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}: {help}");
     }
