@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::payload::Payload;
+
 const ABOUT: &str = "Load generator for WebSocket chat hubs (every message a client sends is \
 broadcast to all clients, sender included) and for wshub.v1 channels: idle connections and \
 server memory, broadcast fan-out with loss and latency, channel fan-out with offset checks, \
@@ -82,6 +84,19 @@ out uncompressed, which RFC 7692 allows message by message: the server compresse
 inflates. fanout reports how many deliveries came compressed. RSV1 without the agreement is \
 a protocol error.
 
+PAYLOADS (fanout --payload). letters, the default: the 32-byte header, then a to z over and \
+over, which deflate shrinks 25-fold (1 KiB to 42 bytes). json: every message is a JSON \
+object of exactly --size bytes (at least 54) like a chat application's \"message created\" \
+event, \
+{\"bench\":\"<header>\",\"type\":\"message.created\",\"room\":...,\"seq\":...,\"ts\":<ms>,\
+\"sent_at\":\"<ISO 8601>\",\"user\":{\"id\",\"name\",\"display\",\"avatar\",\"status\"},\"text\":\"<a \
+sentence>\",\"likes\":...,\"edited\":...,\"history\":[{\"user\",\"ts\",\"reaction\",\"text\"}, \
+...],\"note\":\"<words up to the size>\"}: repeated keys, user names, numbers and times that \
+change from message to message, English words drawn from a vocabulary of a hundred or so \
+(repeatably: each sender's generator is seeded with its id). The header is the value of the \
+first field, at byte 10. Deflate at level 1, message by message as wshub does it, shrinks \
+1 KiB of it to about 720 bytes (70%).
+
 FAN-OUT ACCOUNTING (fanout and channel). Senders start only after all N connections are open. Sending runs for \
 --warmup (messages marked as warm-up, not counted), then for --duration (the measured window). \
 Only messages sent inside the window count: expected deliveries = messages sent in the window \
@@ -148,8 +163,10 @@ sequence number and the send time. Two modes: fixed rate (--rate R: R messages/s
 spread evenly over the senders and staggered) and closed loop (--in-flight K, the default with \
 K = 8: K messages outstanding in total, each sender keeping its share; a message is complete \
 when its sender receives its own copy back, and then that sender sends the next; with K < S \
-only K senders send). See `wshub-bench --help` for how the window, loss and latency are \
-defined."
+only K senders send). --payload json sends a chat application's JSON events instead of \
+letters after the header (the header is then the value of their first field). See \
+`wshub-bench --help` for how the window, loss and latency are defined and what the payloads \
+look like."
     )]
     Fanout(FanoutArgs),
     /// Connect / handshake / close cycles, N concurrently: handshakes/s.
@@ -297,6 +314,9 @@ pub(crate) struct FanoutArgs {
     /// publication's data string (a push is about 70 bytes + the channel name longer).
     #[arg(long, value_name = "B", default_value_t = 64)]
     pub(crate) size: usize,
+    /// What the messages look like around the header (fanout only; see `--help`).
+    #[arg(long, value_enum, value_name = "KIND", default_value_t = Payload::Letters)]
+    pub(crate) payload: Payload,
     /// The measured window.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub(crate) duration: Duration,

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::deflate::{self, Inflater};
 use crate::hist::Histogram;
+use crate::payload::{self, Payload};
 use crate::proto::{Counters, Mode, OffsetCheck, Plan, Schedule, SenderAnomaly};
 use crate::sys::now_us;
 use crate::v1::{self, Frame};
@@ -347,7 +348,7 @@ pub(crate) async fn open(
         decoder: if plan.channel.is_some() {
             Decoder::new(v1::PREFIX)
         } else {
-            Decoder::default()
+            Decoder::new(plan.payload.header_at() + HEADER_LEN)
         }
         .with_deflate(agreed),
         carry: Vec::new(),
@@ -430,6 +431,7 @@ impl Conn {
             ..
         } = self;
         let plan = &shared.plan;
+        let header_at = plan.payload.header_at();
         let (warmup_end, window_end) = shared.window.get();
         let in_window = now >= warmup_end && now < window_end;
         let mut inflater = shared.inflater.borrow_mut();
@@ -439,7 +441,7 @@ impl Conn {
                 compressed,
             } => {
                 let header = match subscription.as_mut() {
-                    None => Header::parse(payload),
+                    None => Header::parse(payload.get(header_at..).unwrap_or_default()),
                     Some(subscription) => match subscription.frame(shared, payload) {
                         Some(data) => Header::parse(data),
                         None => return,
@@ -587,6 +589,9 @@ impl Conn {
     fn push_message(&mut self, shared: &Shared, s: &mut SenderState, sent_us: u64) {
         let (warmup_end, window_end) = shared.window.get();
         let measured = sent_us >= warmup_end && sent_us < window_end;
+        if let Some(json) = s.json.as_mut() {
+            json.fill(&mut s.body, shared.plan.size, sent_us);
+        }
         Header {
             measured,
             tag: shared.plan.tag,
@@ -613,6 +618,8 @@ struct SenderState {
     body: Vec<u8>,
     /// Where the benchmark header goes in `body`.
     header_at: usize,
+    /// `--payload json`: makes each message's body anew.
+    json: Option<payload::Json>,
     /// Closed loop: messages this sender keeps outstanding.
     quota: u32,
     outstanding: u32,
@@ -638,13 +645,15 @@ pub(crate) async fn run(
             (Some(channel), Mode::Channel) => {
                 v1::publish_template(channel, v1::PUBLISH_ID, plan.size)
             }
-            _ => (wire::body_template(plan.size), 0),
+            _ => (wire::body_template(plan.size), plan.payload.header_at()),
         };
         SenderState {
             id,
             seq: 0,
             body,
             header_at,
+            json: (plan.payload == Payload::Json && plan.mode == Mode::Fanout)
+                .then(|| payload::Json::new(id)),
             quota,
             outstanding: 0,
             last_echo: Instant::now(),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{ChannelArgs, ChurnArgs, Common as CommonArgs, FanoutArgs, IdleArgs};
 use crate::hist::{Histogram, Sparse};
+use crate::payload::{self, Payload};
 use crate::plan;
 use crate::proto::{
     Command, Counters, Event, Mode, OffsetCheck, Plan, Schedule, SenderAnomaly, WorkerReport,
@@ -330,6 +331,8 @@ struct Traffic {
     protocol: Option<String>,
     /// wshub.v1 channel to subscribe to (and, in channel mode, publish to).
     channel: Option<String>,
+    /// Fan-out: what the messages look like.
+    payload: Payload,
 }
 
 fn setup(
@@ -360,6 +363,7 @@ fn setup(
         in_flight,
         protocol,
         channel,
+        payload,
     } = traffic;
     let common = plan::Common {
         mode,
@@ -379,6 +383,7 @@ fn setup(
         protocol,
         channel,
         deflate: args.deflate,
+        payload,
     };
     let plans = plan::split_plans(&common, workers);
     let fleet = Fleet::spawn(&plans)?;
@@ -597,6 +602,19 @@ fn broadcast(
             crate::wire::HEADER_LEN
         ));
     }
+    if args.payload == Payload::Json {
+        if channel.is_some() {
+            return Err(
+                "--payload json is for fanout (a publication's data is a JSON string)".into(),
+            );
+        }
+        if args.size < payload::JSON_MIN_SIZE {
+            return Err(format!(
+                "--payload json needs --size {} or more",
+                payload::JSON_MIN_SIZE
+            ));
+        }
+    }
     if args.senders == 0 || args.senders > args.conns {
         return Err("--senders must be between 1 and --conns".into());
     }
@@ -630,6 +648,7 @@ fn broadcast(
             in_flight,
             protocol: channel.map(|_| v1::SUBPROTOCOL.to_string()),
             channel: channel.map(str::to_string),
+            payload: args.payload,
         },
         0,
     )?;
@@ -787,6 +806,7 @@ fn broadcast(
         },
         quick_acks: args.common.quick_acks,
         deflate: args.common.deflate,
+        payload: args.payload,
         size: args.size,
         warmup_s: args.warmup.as_secs_f64(),
         duration_s,

@@ -9,6 +9,7 @@ mod conn;
 mod coordinator;
 mod deflate;
 mod hist;
+mod payload;
 mod plan;
 mod proto;
 mod recover;

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::hist::Sparse;
+use crate::payload::Payload;
 
 /// Which workload a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +78,9 @@ pub(crate) struct Plan {
     /// compressed messages' prefixes.
     #[serde(default)]
     pub(crate) deflate: bool,
+    /// Fan-out: what the messages look like around the benchmark header.
+    #[serde(default)]
+    pub(crate) payload: Payload,
 }
 
 /// When fan-out senders start, when warm-up ends and when sending stops (µs since the epoch).

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::hist::Histogram;
+use crate::payload::Payload;
 use crate::proto::{OffsetCheck, SenderAnomaly};
 
 /// Latency percentiles in milliseconds.
@@ -202,6 +203,8 @@ pub(crate) struct FanoutReport {
     pub(crate) quick_acks: bool,
     /// permessage-deflate was offered (and agreed: a decline fails the run).
     pub(crate) deflate: bool,
+    /// What the messages looked like ("letters" or "json").
+    pub(crate) payload: Payload,
     pub(crate) size: usize,
     pub(crate) warmup_s: f64,
     pub(crate) duration_s: f64,
@@ -560,12 +563,17 @@ impl FanoutReport {
         };
         let _ = writeln!(
             out,
-            "{} {}: {} conns, {} senders, {mode}, {} B messages{}{}",
+            "{} {}: {} conns, {} senders, {mode}, {} B {}messages{}{}",
             self.scenario,
             self.url,
             self.conns,
             self.senders,
             self.size,
+            if self.payload == Payload::Json {
+                "JSON "
+            } else {
+                ""
+            },
             if self.quick_acks { ", quick ACKs" } else { "" },
             if self.deflate {
                 ", permessage-deflate"

@@ -576,6 +576,7 @@ fn help_explains_scaling() {
         "wshub.v1",
         "recover",
         "permessage-deflate",
+        "--payload",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}: {help}");
     }
