@@ -111,7 +111,10 @@ skipped ones per sender. Latency is receive time - send time of every measured d
 (both from the same wall clock, shared by all processes), in a log-linear histogram with \
 1.6% resolution. In fixed-rate mode the send time is the scheduled one, so a sender held up \
 by a full socket does not hide the wait (no coordinated omission). deliveries/s and \
-deliveries per server CPU-second count all of this run's messages received during the window.
+deliveries per server CPU-second count all of this run's messages received during the window. \
+Bytes on the wire are what the clients read from (and write to) their sockets during the \
+window: WebSocket frames as they travel, compressed ones compressed, without TCP/IP headers; \
+per delivery = bytes read / deliveries received during the window.
 
 CPU. Server CPU is utime + stime from /proc/PID/stat divided by the clock tick rate, read \
 from the process's auxiliary vector (AT_CLKTCK, 100 on Linux). The tool reports its own CPU \

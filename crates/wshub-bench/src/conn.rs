@@ -65,6 +65,10 @@ pub(crate) struct Shared {
     pub(crate) declined: Cell<u64>,
     /// Deliveries of this run's messages received compressed during the window.
     pub(crate) compressed_in_window: Cell<u64>,
+    /// Bytes read from the sockets during the window (frames as they travel).
+    pub(crate) wire_received: Cell<u64>,
+    /// Bytes written to the sockets during the window.
+    pub(crate) wire_sent: Cell<u64>,
     /// Latencies (fan-out) or handshake times (churn), µs.
     pub(crate) hist: RefCell<Histogram>,
     /// Fan-out: latencies of senders' own copies (the closed loop's round trip), µs.
@@ -112,6 +116,8 @@ impl Shared {
             backlog_skipped: Cell::default(),
             declined: Cell::default(),
             compressed_in_window: Cell::default(),
+            wire_received: Cell::default(),
+            wire_sent: Cell::default(),
             hist: RefCell::new(Histogram::new()),
             echo_hist: RefCell::new(Histogram::new()),
             anomalies: RefCell::new(
@@ -130,6 +136,21 @@ impl Shared {
                 .unwrap_or_default(),
             errors: RefCell::new(BTreeMap::new()),
             plan,
+        }
+    }
+
+    /// Whether wall-clock time `now` (µs) is inside the measured window.
+    #[inline]
+    fn in_window(&self, now: u64) -> bool {
+        let (warmup_end, window_end) = self.window.get();
+        now >= warmup_end && now < window_end
+    }
+
+    /// Counts `n` bytes written to a socket now.
+    #[inline]
+    fn wrote(&self, n: usize) {
+        if self.in_window(now_us()) {
+            bump(&self.wire_sent, n as u64);
         }
     }
 
@@ -432,8 +453,7 @@ impl Conn {
         } = self;
         let plan = &shared.plan;
         let header_at = plan.payload.header_at();
-        let (warmup_end, window_end) = shared.window.get();
-        let in_window = now >= warmup_end && now < window_end;
+        let in_window = shared.in_window(now);
         let mut inflater = shared.inflater.borrow_mut();
         decoder.feed(bytes, &mut inflater, |event| match event {
             Event::Message {
@@ -520,6 +540,7 @@ impl Conn {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
                     self.out.drain(..n);
+                    shared.wrote(n);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => break,
@@ -536,10 +557,14 @@ impl Conn {
                 if n == 0 {
                     return Poll::Ready(Ok(Drive::Eof));
                 }
+                let now = now_us();
+                if shared.in_window(now) {
+                    bump(&shared.wire_received, n as u64);
+                }
                 let carry = self.carry.len();
                 front[MAX_CARRY - carry..].copy_from_slice(&self.carry);
                 let region = &mut buf[MAX_CARRY - carry..MAX_CARRY + n];
-                let used = self.handle(shared, region, now_us());
+                let used = self.handle(shared, region, now);
                 if !shared.plan.quick_acks {
                     // Back to delayed ACKs (the kernel leaves that mode on its own): no ACK
                     // per read, which on loopback this process would pay for twice.
@@ -557,12 +582,13 @@ impl Conn {
     }
 
     /// Writes now what the socket takes without waiting; the rest goes on the next drive.
-    fn try_flush(&mut self) -> io::Result<()> {
+    fn try_flush(&mut self, shared: &Shared) -> io::Result<()> {
         while !self.out.is_empty() {
             match self.stream.try_write(&self.out) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.out.drain(..n);
+                    shared.wrote(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -740,7 +766,7 @@ pub(crate) async fn run(
                         timer.as_mut().reset(Instant::now() + Duration::from_secs(1));
                     }
                 }
-                if let Err(e) = conn.try_flush() {
+                if let Err(e) = conn.try_flush(&shared) {
                     break Err(format!("write: {e}"));
                 }
             }
@@ -767,10 +793,10 @@ pub(crate) async fn run(
                     }
                 }
                 if conn.closing {
-                    let _ = conn.try_flush();
+                    let _ = conn.try_flush(&shared);
                     break Err("closed by server".into());
                 }
-                if let Err(e) = conn.try_flush() {
+                if let Err(e) = conn.try_flush(&shared) {
                     break Err(format!("write: {e}"));
                 }
             }

@@ -758,6 +758,8 @@ fn broadcast(
         .max(totals.sent_measured);
     let expected = sent * opened.opened;
     let duration_s = args.duration.as_secs_f64();
+    let wire_received: u64 = reports.iter().map(|r| r.wire_received).sum();
+    let wire_sent: u64 = reports.iter().map(|r| r.wire_sent).sum();
     let client = client_cpu(&fleet, "window", &window_start_sample, &window_end_sample);
     let server = pid.map(|pid| {
         let cpu_s =
@@ -824,6 +826,9 @@ fn broadcast(
         anomalies,
         received_in_window: totals.received_in_window,
         compressed_in_window: reports.iter().map(|r| r.compressed_in_window).sum(),
+        wire_bytes_received: wire_received,
+        wire_bytes_sent: wire_sent,
+        wire_bytes_per_delivery: wire_received as f64 / totals.received_in_window.max(1) as f64,
         deliveries_per_s: totals.received_in_window as f64 / duration_s.max(1e-9),
         latency: Latency::of(&hist),
         echo_latency: Latency::of(&merge_hist(&reports, |r| &r.echo_latency)),

@@ -178,6 +178,12 @@ pub(crate) struct WorkerReport {
     /// Deliveries of this run's messages received compressed during the window.
     #[serde(default)]
     pub(crate) compressed_in_window: u64,
+    /// Bytes read from the sockets during the window.
+    #[serde(default)]
+    pub(crate) wire_received: u64,
+    /// Bytes written to the sockets during the window.
+    #[serde(default)]
+    pub(crate) wire_sent: u64,
 }
 
 /// Channel mode: what the subscribers saw of the channel's offsets (each push must carry the

@@ -229,6 +229,13 @@ pub(crate) struct FanoutReport {
     pub(crate) received_in_window: u64,
     /// Of those, the ones that came compressed (RSV1 set).
     pub(crate) compressed_in_window: u64,
+    /// Bytes the clients read from their sockets during the window: frames as they travel
+    /// (compressed ones compressed), without TCP/IP headers.
+    pub(crate) wire_bytes_received: u64,
+    /// Bytes the clients wrote to their sockets during the window.
+    pub(crate) wire_bytes_sent: u64,
+    /// wire_bytes_received / received_in_window.
+    pub(crate) wire_bytes_per_delivery: f64,
     /// received_in_window / duration.
     pub(crate) deliveries_per_s: f64,
     /// Over all measured deliveries.
@@ -631,6 +638,11 @@ impl FanoutReport {
                 self.compressed_in_window, self.received_in_window
             );
         }
+        let _ = writeln!(
+            out,
+            "wire:              {} bytes read in the window, {:.0} per delivery; {} bytes written",
+            self.wire_bytes_received, self.wire_bytes_per_delivery, self.wire_bytes_sent
+        );
         let _ = writeln!(
             out,
             "throughput:        {} deliveries/s ({} received during the window)",
