@@ -102,6 +102,64 @@ def channel_table(results, smoke):
     return "\n".join(rows)
 
 
+def compression_workloads(smoke):
+    """wshub only: permessage-deflate on (server `--compression true`, clients `--deflate`)
+    against off (defaults), with JSON-like 1 KiB messages (`--payload json`), the 1k fan-out
+    shapes of the main table, and idle 10k for the memory a compressing connection costs.
+    The clients send uncompressed (RFC 7692 allows it per message), so the server only
+    compresses, once per broadcast. Each shape runs twice: off, then on."""
+    json_1k = ["--size", "1024", "--payload", "json"]
+    if smoke:
+        return [
+            ("fanout 1 KiB JSON", ["fanout", "--conns", "100", "--senders", "5", "--in-flight", "8", "--duration", "2s", "--warmup", "0.5s"] + json_1k),
+            ("idle", ["idle", "--conns", "200", "--hold", "1s"]),
+        ]
+    return [
+        ("1 sender 1k 32 in flight", ["fanout", "--conns", "1000", "--senders", "1", "--in-flight", "32", "--duration", "5s"] + json_1k),
+        ("fanout 1k", ["fanout", "--conns", "1000", "--senders", "10", "--in-flight", "32", "--duration", "5s"] + json_1k),
+        ("idle 10k", ["idle", "--conns", "10000", "--hold", "3s"]),
+    ]
+
+
+def compression_table(results):
+    """On vs off for each shape of `compression_workloads`; `results[(label, on)]`."""
+    def fan(r):
+        server = r.get("server") or {}
+        per_cpu = server.get("deliveries_per_cpu_s")
+        return [
+            ("bytes on the wire per delivery", r.get("wire_bytes_per_delivery"), "{:,.0f}"),
+            ("deliveries/CPU-s", per_cpu, "{:,.0f}"),
+            ("server CPU-µs per delivery", 1e6 / per_cpu if per_cpu else None, "{:.3f}"),
+            ("p99", (r.get("latency") or {}).get("p99_ms"), "{:.1f} ms"),
+        ]
+    def idle(r):
+        per_conn = (r.get("server") or {}).get("bytes_per_conn")
+        return [("RSS per connection", per_conn / 1000 if per_conn else None, "{:.2f} KB")]
+    rows = ["| workload | figure | off | on | on / off |", "|---|---|---|---|---|"]
+    labels = []
+    for label, _ in results:
+        if label not in labels:
+            labels.append(label)
+    for label in labels:
+        off, on = results.get((label, False), {}), results.get((label, True), {})
+        kind = fan if (off.get("scenario") or on.get("scenario")) == "fanout" else idle
+        for (name, v_off, fmt), (_, v_on, _) in zip(kind(off), kind(on)):
+            cell = lambda r, v: "error" if "error" in r else ("–" if v is None else fmt.format(v))
+            ratio = f"{v_on / v_off:.2f}" if v_on is not None and v_off else "–"
+            rows.append(f"| {label} | {name} | {cell(off, v_off)} | {cell(on, v_on)} | {ratio} |")
+    return "\n".join(rows)
+
+
+def check_compressed(label, result):
+    """With compression on, every delivery must have come compressed."""
+    if "error" in result or result.get("scenario") != "fanout":
+        return []
+    got, of = result.get("compressed_in_window", 0), result.get("received_in_window", 0)
+    if not result.get("deflate") or not of or got != of:
+        return [f"{label}: {got} of {of} deliveries came compressed"]
+    return []
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -251,12 +309,21 @@ def table(results, servers, loads):
     return "\n".join(rows)
 
 
+SECTIONS = ["peers", "channels", "compression"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--servers", default=None)
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument("--skip", default="", metavar="SECTION[,SECTION]",
+                        help=f"sections not to run, of {', '.join(SECTIONS)} (peers: the main table; "
+                             "channels and compression are wshub only); BENCHMARKS.md is then left alone")
     opts = parser.parse_args()
+    skip = {s for s in opts.skip.split(",") if s}
+    if skip - set(SECTIONS):
+        parser.error(f"--skip: unknown section(s) {', '.join(sorted(skip - set(SECTIONS)))}; known: {', '.join(SECTIONS)}")
     servers = opts.servers.split(",") if opts.servers else (["wshub"] if opts.smoke else SERVERS)
     loads = workloads(opts.smoke)
     os.makedirs(OUT, exist_ok=True)
@@ -264,7 +331,7 @@ def main():
     results, problems = {}, []
     try:
         commands = build(servers, work)
-        for server in servers:
+        for server in ([] if "peers" in skip else servers):
             print(f"== {server}", flush=True)
             with open(os.path.join(OUT, f"{server}.log"), "w") as log:
                 for label, args in loads:
@@ -277,7 +344,7 @@ def main():
                     shown = ", ".join(fmt.format(v) + " " + n for n, v, _, fmt in figures(result) if v is not None)
                     print(f"  {label}: {shown or result.get('error')}", flush=True)
         channel_results = {}
-        if "wshub" in servers:
+        if "wshub" in servers and "channels" not in skip:
             print("== wshub channels", flush=True)
             base = commands["wshub"]
             channels_cmd = lambda port: base(port) + ["--history-size", "10000"]
@@ -290,21 +357,50 @@ def main():
                         json.dump(result, f, indent=1)
                     problems += check(f"wshub {label}", result)
                     print(f"  {label}: done", flush=True)
+        compression_results = {}
+        if "wshub" in servers and "compression" not in skip:
+            print("== wshub compression (off: defaults; on: --compression true, clients --deflate)", flush=True)
+            base = commands["wshub"]
+            on_cmd = lambda port: base(port) + ["--compression", "true"]
+            with open(os.path.join(OUT, "wshub-compression.log"), "w") as log:
+                for label, args in compression_workloads(opts.smoke):
+                    for on in (False, True):
+                        state = "on" if on else "off"
+                        result = run_one("wshub", on_cmd if on else base, label, args + (["--deflate"] if on else []), log)
+                        compression_results[(label, on)] = result
+                        name = f"wshub-compression-{label}-{state}".replace(" ", "_").replace("/", "")
+                        with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+                            json.dump(result, f, indent=1)
+                        problems += check(f"wshub compression {label} {state}", result)
+                        if on:
+                            problems += check_compressed(f"wshub compression {label} {state}", result)
+                        shown = result.get("error") or (
+                            f"{result.get('wire_bytes_per_delivery', 0):,.0f} bytes/delivery" if result.get("scenario") == "fanout"
+                            else f"{((result.get('server') or {}).get('bytes_per_conn') or 0) / 1000:.2f} KB/conn")
+                        print(f"  {label} {state}: {shown}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     mode = "smoke" if opts.smoke else "full"
-    command = "bench/compare" + (" --smoke" if opts.smoke else "") + (f" --servers {opts.servers}" if opts.servers else "")
+    command = "bench/compare" + (" --smoke" if opts.smoke else "") + (f" --servers {opts.servers}" if opts.servers else "") + (f" --skip {opts.skip}" if skip else "")
     header = (f"Run {datetime.date.today()} ({mode}): `{command}`; {os.cpu_count()} CPUs, "
               f"{platform.system()} {platform.release()}; servers on CPU 0, wshub-bench on CPU 1. "
               "Ratios are wshub / peer (for RSS, latency and time, below 1 is better).")
-    text = header + "\n\n" + table(results, servers, loads) + "\n"
+    text = header + "\n"
+    if "peers" not in skip:
+        text += "\n" + table(results, servers, loads) + "\n"
     if channel_results:
         text += "\nChannels (wshub only, same run):\n\n" + channel_table(channel_results, opts.smoke) + "\n"
+    if compression_results:
+        text += ("\nCompression (wshub only, same run; JSON-like 1 KiB messages; off: defaults; on: "
+                 "`--compression true` and every client offering permessage-deflate, sending uncompressed):\n\n"
+                 + compression_table(compression_results) + "\n")
     with open(os.path.join(OUT, f"compare-{mode}.md"), "w") as f:
         f.write(text)
     print("\n" + text)
-    if not opts.smoke and not opts.no_write:
+    if skip and not opts.smoke and not opts.no_write:
+        print(f"not updating BENCHMARKS.md: --skip {opts.skip}")
+    if not opts.smoke and not opts.no_write and not skip:
         path = os.path.join(ROOT, "BENCHMARKS.md")
         doc = open(path).read()
         begin, end = "<!-- compare:begin -->", "<!-- compare:end -->"

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::payload::Payload;
+
 const ABOUT: &str = "Load generator for WebSocket chat hubs (every message a client sends is \
 broadcast to all clients, sender included) and for wshub.v1 channels: idle connections and \
 server memory, broadcast fan-out with loss and latency, channel fan-out with offset checks, \
@@ -71,6 +73,30 @@ so it reads the server's CPU time with nanosecond resolution from /proc/PID/task
 and its own from CLOCK_PROCESS_CPUTIME_ID, and marks CLIENT-BOUND when the tool used more than \
 90% of a core during the catch-ups.
 
+COMPRESSION. With --deflate (idle, fanout, channel, churn) every handshake offers \
+`permessage-deflate; client_no_context_takeover; server_no_context_takeover` (RFC 7692). The \
+server must agree, answering with server_no_context_takeover (wshub does with --compression \
+true): a server that declines fails the run, so uncompressed traffic is never reported as \
+compressed. Every compressed message (RSV1) is then a deflate stream of its own: each worker \
+keeps one inflater for all its connections, reset per message, and inflates only the start \
+of each message, as many bytes as it would look at uncompressed. The tool's own messages go \
+out uncompressed, which RFC 7692 allows message by message: the server compresses and never \
+inflates. fanout reports how many deliveries came compressed. RSV1 without the agreement is \
+a protocol error.
+
+PAYLOADS (fanout --payload). letters, the default: the 32-byte header, then a to z over and \
+over, which deflate shrinks 25-fold (1 KiB to 42 bytes). json: every message is a JSON \
+object of exactly --size bytes (at least 54) like a chat application's \"message created\" \
+event, \
+{\"bench\":\"<header>\",\"type\":\"message.created\",\"room\":...,\"seq\":...,\"ts\":<ms>,\
+\"sent_at\":\"<ISO 8601>\",\"user\":{\"id\",\"name\",\"display\",\"avatar\",\"status\"},\"text\":\"<a \
+sentence>\",\"likes\":...,\"edited\":...,\"history\":[{\"user\",\"ts\",\"reaction\",\"text\"}, \
+...],\"note\":\"<words up to the size>\"}: repeated keys, user names, numbers and times that \
+change from message to message, English words drawn from a vocabulary of a hundred or so \
+(repeatably: each sender's generator is seeded with its id). The header is the value of the \
+first field, at byte 10. Deflate at level 1, message by message as wshub does it, shrinks \
+1 KiB of it to about 720 bytes (70%).
+
 FAN-OUT ACCOUNTING (fanout and channel). Senders start only after all N connections are open. Sending runs for \
 --warmup (messages marked as warm-up, not counted), then for --duration (the measured window). \
 Only messages sent inside the window count: expected deliveries = messages sent in the window \
@@ -85,7 +111,10 @@ skipped ones per sender. Latency is receive time - send time of every measured d
 (both from the same wall clock, shared by all processes), in a log-linear histogram with \
 1.6% resolution. In fixed-rate mode the send time is the scheduled one, so a sender held up \
 by a full socket does not hide the wait (no coordinated omission). deliveries/s and \
-deliveries per server CPU-second count all of this run's messages received during the window.
+deliveries per server CPU-second count all of this run's messages received during the window. \
+Bytes on the wire are what the clients read from (and write to) their sockets during the \
+window: WebSocket frames as they travel, compressed ones compressed, without TCP/IP headers; \
+per delivery = bytes read / deliveries received during the window.
 
 CPU. Server CPU is utime + stime from /proc/PID/stat divided by the clock tick rate, read \
 from the process's auxiliary vector (AT_CLKTCK, 100 on Linux). The tool reports its own CPU \
@@ -137,8 +166,10 @@ sequence number and the send time. Two modes: fixed rate (--rate R: R messages/s
 spread evenly over the senders and staggered) and closed loop (--in-flight K, the default with \
 K = 8: K messages outstanding in total, each sender keeping its share; a message is complete \
 when its sender receives its own copy back, and then that sender sends the next; with K < S \
-only K senders send). See `wshub-bench --help` for how the window, loss and latency are \
-defined."
+only K senders send). --payload json sends a chat application's JSON events instead of \
+letters after the header (the header is then the value of their first field). See \
+`wshub-bench --help` for how the window, loss and latency are defined and what the payloads \
+look like."
     )]
     Fanout(FanoutArgs),
     /// Connect / handshake / close cycles, N concurrently: handshakes/s.
@@ -227,6 +258,11 @@ pub(crate) struct Common {
     /// back in delayed-ACK mode after each read).
     #[arg(long)]
     pub(crate) quick_acks: bool,
+    /// Offer permessage-deflate (no context takeover either way) in every handshake and
+    /// inflate compressed messages; a server that declines fails the run. The tool's own
+    /// messages go out uncompressed (RFC 7692 allows it per message).
+    #[arg(long)]
+    pub(crate) deflate: bool,
     /// Print one JSON object instead of the human-readable report.
     #[arg(long)]
     pub(crate) json: bool,
@@ -281,6 +317,9 @@ pub(crate) struct FanoutArgs {
     /// publication's data string (a push is about 70 bytes + the channel name longer).
     #[arg(long, value_name = "B", default_value_t = 64)]
     pub(crate) size: usize,
+    /// What the messages look like around the header (fanout only; see `--help`).
+    #[arg(long, value_enum, value_name = "KIND", default_value_t = Payload::Letters)]
+    pub(crate) payload: Payload,
     /// The measured window.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub(crate) duration: Duration,

@@ -187,7 +187,7 @@ impl Client {
         let key = wire::new_key();
         reader
             .stream
-            .write_all(wire::request(&target.host, &target.path, &key, protocol).as_bytes())
+            .write_all(wire::request(&target.host, &target.path, &key, protocol, None).as_bytes())
             .map_err(|e| format!("handshake write: {e}"))?;
         let end = reader.head(deadline, "the handshake response")?;
         wire::check_response(&reader.unused()[..end], &key, protocol)

@@ -20,7 +20,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::deflate::{self, Inflater};
 use crate::hist::Histogram;
+use crate::payload::{self, Payload};
 use crate::proto::{Counters, Mode, OffsetCheck, Plan, Schedule, SenderAnomaly};
 use crate::sys::now_us;
 use crate::v1::{self, Frame};
@@ -40,6 +42,8 @@ pub(crate) struct Shared {
     /// The worker's plan.
     pub(crate) plan: Plan,
     buf: RefCell<Vec<u8>>,
+    /// Inflates compressed messages for every connection (contexts are reset per message).
+    inflater: RefCell<Inflater>,
     /// The measured window (warm-up end, window end), µs; `u64::MAX` until `Go`.
     pub(crate) window: Cell<(u64, u64)>,
     pub(crate) opened: Cell<u64>,
@@ -57,6 +61,14 @@ pub(crate) struct Shared {
     pub(crate) pings: Cell<u64>,
     pub(crate) stalls: Cell<u64>,
     pub(crate) backlog_skipped: Cell<u64>,
+    /// Handshakes the server answered without the permessage-deflate we offered.
+    pub(crate) declined: Cell<u64>,
+    /// Deliveries of this run's messages received compressed during the window.
+    pub(crate) compressed_in_window: Cell<u64>,
+    /// Bytes read from the sockets during the window (frames as they travel).
+    pub(crate) wire_received: Cell<u64>,
+    /// Bytes written to the sockets during the window.
+    pub(crate) wire_sent: Cell<u64>,
     /// Latencies (fan-out) or handshake times (churn), µs.
     pub(crate) hist: RefCell<Histogram>,
     /// Fan-out: latencies of senders' own copies (the closed loop's round trip), µs.
@@ -85,6 +97,7 @@ impl Shared {
         };
         Self {
             buf: RefCell::new(vec![0; MAX_CARRY + READ_BUF]),
+            inflater: RefCell::new(Inflater::default()),
             window: Cell::new((u64::MAX, u64::MAX)),
             opened: Cell::default(),
             failed: Cell::default(),
@@ -101,6 +114,10 @@ impl Shared {
             pings: Cell::default(),
             stalls: Cell::default(),
             backlog_skipped: Cell::default(),
+            declined: Cell::default(),
+            compressed_in_window: Cell::default(),
+            wire_received: Cell::default(),
+            wire_sent: Cell::default(),
             hist: RefCell::new(Histogram::new()),
             echo_hist: RefCell::new(Histogram::new()),
             anomalies: RefCell::new(
@@ -119,6 +136,21 @@ impl Shared {
                 .unwrap_or_default(),
             errors: RefCell::new(BTreeMap::new()),
             plan,
+        }
+    }
+
+    /// Whether wall-clock time `now` (µs) is inside the measured window.
+    #[inline]
+    fn in_window(&self, now: u64) -> bool {
+        let (warmup_end, window_end) = self.window.get();
+        now >= warmup_end && now < window_end
+    }
+
+    /// Counts `n` bytes written to a socket now.
+    #[inline]
+    fn wrote(&self, n: usize) {
+        if self.in_window(now_us()) {
+            bump(&self.wire_sent, n as u64);
         }
     }
 
@@ -150,6 +182,7 @@ impl Shared {
             received_in_window: self.received_in_window.get(),
             cycles_ok: self.cycles_ok.get(),
             cycles_failed: self.cycles_failed.get(),
+            declined: self.declined.get(),
         }
     }
 
@@ -301,8 +334,9 @@ pub(crate) async fn open(
     let _ = stream.set_nodelay(true);
     let key = wire::new_key();
     let protocol = plan.protocol.as_deref();
+    let offer = plan.deflate.then_some(deflate::OFFER);
     stream
-        .write_all(wire::request(&plan.host, &plan.path, &key, protocol).as_bytes())
+        .write_all(wire::request(&plan.host, &plan.path, &key, protocol, offer).as_bytes())
         .await
         .map_err(|e| format!("handshake write: {e}"))?;
     let mut head = Vec::with_capacity(512);
@@ -324,13 +358,20 @@ pub(crate) async fn open(
         }
     };
     wire::check_response(&head[..end], &key, protocol).map_err(|e| format!("handshake: {e}"))?;
+    let agreed =
+        deflate::check_answer(&head[..end], plan.deflate).map_err(|e| format!("handshake: {e}"))?;
+    if plan.deflate && !agreed {
+        bump(&shared.declined, 1);
+        return Err(deflate::DECLINED.into());
+    }
     let mut conn = Conn {
         stream,
         decoder: if plan.channel.is_some() {
             Decoder::new(v1::PREFIX)
         } else {
-            Decoder::default()
-        },
+            Decoder::new(plan.payload.header_at() + HEADER_LEN)
+        }
+        .with_deflate(agreed),
         carry: Vec::new(),
         out: Vec::new(),
         next_seq: if me.is_some() || matches!(plan.mode, Mode::Fanout | Mode::Channel) {
@@ -411,12 +452,16 @@ impl Conn {
             ..
         } = self;
         let plan = &shared.plan;
-        let (warmup_end, window_end) = shared.window.get();
-        let in_window = now >= warmup_end && now < window_end;
-        decoder.feed(bytes, |event| match event {
-            Event::Message(payload) => {
+        let header_at = plan.payload.header_at();
+        let in_window = shared.in_window(now);
+        let mut inflater = shared.inflater.borrow_mut();
+        decoder.feed(bytes, &mut inflater, |event| match event {
+            Event::Message {
+                prefix: payload,
+                compressed,
+            } => {
                 let header = match subscription.as_mut() {
-                    None => Header::parse(payload),
+                    None => Header::parse(payload.get(header_at..).unwrap_or_default()),
                     Some(subscription) => match subscription.frame(shared, payload) {
                         Some(data) => Header::parse(data),
                         None => return,
@@ -429,6 +474,9 @@ impl Conn {
                 bump(&shared.received, 1);
                 if in_window {
                     bump(&shared.received_in_window, 1);
+                    if compressed {
+                        bump(&shared.compressed_in_window, 1);
+                    }
                 }
                 if h.measured {
                     bump(&shared.delivered, 1);
@@ -478,8 +526,8 @@ impl Conn {
                     *close_sent = true;
                 }
             }
-            Event::Bad(opcode) => {
-                shared.error(format!("protocol: opcode {opcode:#x} from server"));
+            Event::Bad(violation) => {
+                shared.error(format!("protocol: {violation} from server"));
                 *closing = true;
             }
         })
@@ -492,6 +540,7 @@ impl Conn {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
                     self.out.drain(..n);
+                    shared.wrote(n);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => break,
@@ -508,10 +557,14 @@ impl Conn {
                 if n == 0 {
                     return Poll::Ready(Ok(Drive::Eof));
                 }
+                let now = now_us();
+                if shared.in_window(now) {
+                    bump(&shared.wire_received, n as u64);
+                }
                 let carry = self.carry.len();
                 front[MAX_CARRY - carry..].copy_from_slice(&self.carry);
                 let region = &mut buf[MAX_CARRY - carry..MAX_CARRY + n];
-                let used = self.handle(shared, region, now_us());
+                let used = self.handle(shared, region, now);
                 if !shared.plan.quick_acks {
                     // Back to delayed ACKs (the kernel leaves that mode on its own): no ACK
                     // per read, which on loopback this process would pay for twice.
@@ -529,12 +582,13 @@ impl Conn {
     }
 
     /// Writes now what the socket takes without waiting; the rest goes on the next drive.
-    fn try_flush(&mut self) -> io::Result<()> {
+    fn try_flush(&mut self, shared: &Shared) -> io::Result<()> {
         while !self.out.is_empty() {
             match self.stream.try_write(&self.out) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.out.drain(..n);
+                    shared.wrote(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
@@ -561,6 +615,9 @@ impl Conn {
     fn push_message(&mut self, shared: &Shared, s: &mut SenderState, sent_us: u64) {
         let (warmup_end, window_end) = shared.window.get();
         let measured = sent_us >= warmup_end && sent_us < window_end;
+        if let Some(json) = s.json.as_mut() {
+            json.fill(&mut s.body, shared.plan.size, sent_us);
+        }
         Header {
             measured,
             tag: shared.plan.tag,
@@ -587,6 +644,8 @@ struct SenderState {
     body: Vec<u8>,
     /// Where the benchmark header goes in `body`.
     header_at: usize,
+    /// `--payload json`: makes each message's body anew.
+    json: Option<payload::Json>,
     /// Closed loop: messages this sender keeps outstanding.
     quota: u32,
     outstanding: u32,
@@ -612,13 +671,15 @@ pub(crate) async fn run(
             (Some(channel), Mode::Channel) => {
                 v1::publish_template(channel, v1::PUBLISH_ID, plan.size)
             }
-            _ => (wire::body_template(plan.size), 0),
+            _ => (wire::body_template(plan.size), plan.payload.header_at()),
         };
         SenderState {
             id,
             seq: 0,
             body,
             header_at,
+            json: (plan.payload == Payload::Json && plan.mode == Mode::Fanout)
+                .then(|| payload::Json::new(id)),
             quota,
             outstanding: 0,
             last_echo: Instant::now(),
@@ -705,7 +766,7 @@ pub(crate) async fn run(
                         timer.as_mut().reset(Instant::now() + Duration::from_secs(1));
                     }
                 }
-                if let Err(e) = conn.try_flush() {
+                if let Err(e) = conn.try_flush(&shared) {
                     break Err(format!("write: {e}"));
                 }
             }
@@ -732,10 +793,10 @@ pub(crate) async fn run(
                     }
                 }
                 if conn.closing {
-                    let _ = conn.try_flush();
+                    let _ = conn.try_flush(&shared);
                     break Err("closed by server".into());
                 }
-                if let Err(e) = conn.try_flush() {
+                if let Err(e) = conn.try_flush(&shared) {
                     break Err(format!("write: {e}"));
                 }
             }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{ChannelArgs, ChurnArgs, Common as CommonArgs, FanoutArgs, IdleArgs};
 use crate::hist::{Histogram, Sparse};
+use crate::payload::{self, Payload};
 use crate::plan;
 use crate::proto::{
     Command, Counters, Event, Mode, OffsetCheck, Plan, Schedule, SenderAnomaly, WorkerReport,
@@ -145,6 +146,7 @@ impl Fleet {
             t.received_in_window += c.received_in_window;
             t.cycles_ok += c.cycles_ok;
             t.cycles_failed += c.cycles_failed;
+            t.declined += c.declined;
         }
         t
     }
@@ -329,6 +331,8 @@ struct Traffic {
     protocol: Option<String>,
     /// wshub.v1 channel to subscribe to (and, in channel mode, publish to).
     channel: Option<String>,
+    /// Fan-out: what the messages look like.
+    payload: Payload,
 }
 
 fn setup(
@@ -359,6 +363,7 @@ fn setup(
         in_flight,
         protocol,
         channel,
+        payload,
     } = traffic;
     let common = plan::Common {
         mode,
@@ -377,6 +382,8 @@ fn setup(
         quick_acks: args.quick_acks,
         protocol,
         channel,
+        deflate: args.deflate,
+        payload,
     };
     let plans = plan::split_plans(&common, workers);
     let fleet = Fleet::spawn(&plans)?;
@@ -425,6 +432,20 @@ fn wait_opened(
     Ok((first, last.max(first)))
 }
 
+/// Fails the run if the server declined the permessage-deflate offer (`--deflate`): rather
+/// than measure uncompressed traffic and call it compressed.
+fn refuse_declined(totals: &Counters, tried: u64) -> Result<(), String> {
+    if totals.declined == 0 {
+        return Ok(());
+    }
+    Err(format!(
+        "--deflate: the server declined permessage-deflate in {} of {tried} handshakes (its 101 \
+         had no permessage-deflate in Sec-WebSocket-Extensions); wshub compresses only with \
+         --compression true",
+        totals.declined
+    ))
+}
+
 /// `idle`.
 pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
     let began = Instant::now();
@@ -462,6 +483,7 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
     let start = CpuSample::take(&fleet, pid);
     let mut progress = Progress::new(args.common.quiet);
     let (first, last) = wait_opened(&mut fleet, &mut progress, args.conns)?;
+    refuse_declined(&fleet.totals(), args.conns)?;
     let opened_sample = CpuSample::take(&fleet, pid);
     let rss_opened = pid.and_then(sys::rss_kib).unwrap_or(0);
     let mut rss_peak = rss_opened;
@@ -514,6 +536,7 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
         scenario: "idle",
         url: args.common.url.clone(),
         conns: args.conns,
+        deflate: args.common.deflate,
         subprotocol,
         subscribe: args.subscribe.clone(),
         opened: totals.opened,
@@ -579,6 +602,19 @@ fn broadcast(
             crate::wire::HEADER_LEN
         ));
     }
+    if args.payload == Payload::Json {
+        if channel.is_some() {
+            return Err(
+                "--payload json is for fanout (a publication's data is a JSON string)".into(),
+            );
+        }
+        if args.size < payload::JSON_MIN_SIZE {
+            return Err(format!(
+                "--payload json needs --size {} or more",
+                payload::JSON_MIN_SIZE
+            ));
+        }
+    }
     if args.senders == 0 || args.senders > args.conns {
         return Err("--senders must be between 1 and --conns".into());
     }
@@ -612,12 +648,14 @@ fn broadcast(
             in_flight,
             protocol: channel.map(|_| v1::SUBPROTOCOL.to_string()),
             channel: channel.map(str::to_string),
+            payload: args.payload,
         },
         0,
     )?;
     let mut progress = Progress::new(args.common.quiet);
     wait_opened(&mut fleet, &mut progress, args.conns)?;
     let opened = fleet.totals();
+    refuse_declined(&opened, args.conns)?;
     if opened.opened == 0 {
         let reports = fleet.stop()?;
         let errors = merge_errors(&reports);
@@ -720,6 +758,8 @@ fn broadcast(
         .max(totals.sent_measured);
     let expected = sent * opened.opened;
     let duration_s = args.duration.as_secs_f64();
+    let wire_received: u64 = reports.iter().map(|r| r.wire_received).sum();
+    let wire_sent: u64 = reports.iter().map(|r| r.wire_sent).sum();
     let client = client_cpu(&fleet, "window", &window_start_sample, &window_end_sample);
     let server = pid.map(|pid| {
         let cpu_s =
@@ -767,6 +807,8 @@ fn broadcast(
             args.senders
         },
         quick_acks: args.common.quick_acks,
+        deflate: args.common.deflate,
+        payload: args.payload,
         size: args.size,
         warmup_s: args.warmup.as_secs_f64(),
         duration_s,
@@ -783,6 +825,10 @@ fn broadcast(
         skipped: anomalies.iter().map(|a| a.skipped).sum(),
         anomalies,
         received_in_window: totals.received_in_window,
+        compressed_in_window: reports.iter().map(|r| r.compressed_in_window).sum(),
+        wire_bytes_received: wire_received,
+        wire_bytes_sent: wire_sent,
+        wire_bytes_per_delivery: wire_received as f64 / totals.received_in_window.max(1) as f64,
         deliveries_per_s: totals.received_in_window as f64 / duration_s.max(1e-9),
         latency: Latency::of(&hist),
         echo_latency: Latency::of(&merge_hist(&reports, |r| &r.echo_latency)),
@@ -841,6 +887,7 @@ pub(crate) fn churn(args: &ChurnArgs) -> Result<(ChurnReport, bool), String> {
     let end = CpuSample::take(&fleet, pid);
     let reports = fleet.stop()?;
     let totals = fleet.totals();
+    refuse_declined(&totals, args.cycles)?;
     let first = reports.iter().map(|r| r.open_start_us).min().unwrap_or(0);
     let last = reports.iter().map(|r| r.open_end_us).max().unwrap_or(0);
     let elapsed_s = (last.saturating_sub(first) as f64 / 1e6).max(1e-9);
@@ -865,6 +912,7 @@ pub(crate) fn churn(args: &ChurnArgs) -> Result<(ChurnReport, bool), String> {
         url: args.common.url.clone(),
         concurrency: args.conns,
         cycles: args.cycles,
+        deflate: args.common.deflate,
         ok: totals.cycles_ok,
         failed: totals.cycles_failed,
         elapsed_s,

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
+use crate::payload::Payload;
 use crate::proto::{Mode, Plan};
 
 /// Connections per worker process when `--workers` is not given (the hard fd limit here is
@@ -106,6 +107,8 @@ pub(crate) struct Common {
     pub(crate) quick_acks: bool,
     pub(crate) protocol: Option<String>,
     pub(crate) channel: Option<String>,
+    pub(crate) deflate: bool,
+    pub(crate) payload: Payload,
 }
 
 /// `n` split into `parts` near-equal shares: (first index, count) of each.
@@ -156,6 +159,8 @@ pub(crate) fn split_plans(common: &Common, workers: usize) -> Vec<Plan> {
                 quick_acks: common.quick_acks,
                 protocol: common.protocol.clone(),
                 channel: common.channel.clone(),
+                deflate: common.deflate,
+                payload: common.payload,
             }
         })
         .collect()

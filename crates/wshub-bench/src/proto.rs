@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::hist::Sparse;
+use crate::payload::Payload;
 
 /// Which workload a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +74,13 @@ pub(crate) struct Plan {
     /// (it counts as opened once the subscribe reply arrived); channel mode publishes to it.
     #[serde(default)]
     pub(crate) channel: Option<String>,
+    /// Offer permessage-deflate in every handshake (the server must agree) and inflate the
+    /// compressed messages' prefixes.
+    #[serde(default)]
+    pub(crate) deflate: bool,
+    /// Fan-out: what the messages look like around the benchmark header.
+    #[serde(default)]
+    pub(crate) payload: Payload,
 }
 
 /// When fan-out senders start, when warm-up ends and when sending stops (µs since the epoch).
@@ -121,6 +129,9 @@ pub(crate) struct Counters {
     pub(crate) cycles_ok: u64,
     /// Churn: cycles that failed.
     pub(crate) cycles_failed: u64,
+    /// Handshakes whose 101 declined the permessage-deflate offer (`--deflate`).
+    #[serde(default)]
+    pub(crate) declined: u64,
 }
 
 /// Per-sender ordering anomalies seen by receivers.
@@ -164,6 +175,15 @@ pub(crate) struct WorkerReport {
     /// Channel: the integrity of each subscriber's offsets and the publish replies.
     #[serde(default)]
     pub(crate) offsets: OffsetCheck,
+    /// Deliveries of this run's messages received compressed during the window.
+    #[serde(default)]
+    pub(crate) compressed_in_window: u64,
+    /// Bytes read from the sockets during the window.
+    #[serde(default)]
+    pub(crate) wire_received: u64,
+    /// Bytes written to the sockets during the window.
+    #[serde(default)]
+    pub(crate) wire_sent: u64,
 }
 
 /// Channel mode: what the subscribers saw of the channel's offsets (each push must carry the

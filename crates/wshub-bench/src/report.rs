@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::hist::Histogram;
+use crate::payload::Payload;
 use crate::proto::{OffsetCheck, SenderAnomaly};
 
 /// Latency percentiles in milliseconds.
@@ -143,6 +144,8 @@ pub(crate) struct IdleReport {
     pub(crate) scenario: &'static str,
     pub(crate) url: String,
     pub(crate) conns: u64,
+    /// permessage-deflate was offered (and agreed: a decline fails the run).
+    pub(crate) deflate: bool,
     /// The subprotocol asked for (`--subprotocol`, or wshub.v1 with `--subscribe`).
     pub(crate) subprotocol: Option<String>,
     /// The channel every connection subscribed to (`--subscribe`).
@@ -198,6 +201,10 @@ pub(crate) struct FanoutReport {
     pub(crate) active_senders: u64,
     /// Whether the kernel's quick ACKs were left on (`--quick-acks`).
     pub(crate) quick_acks: bool,
+    /// permessage-deflate was offered (and agreed: a decline fails the run).
+    pub(crate) deflate: bool,
+    /// What the messages looked like ("letters" or "json").
+    pub(crate) payload: Payload,
     pub(crate) size: usize,
     pub(crate) warmup_s: f64,
     pub(crate) duration_s: f64,
@@ -220,6 +227,15 @@ pub(crate) struct FanoutReport {
     pub(crate) anomalies: Vec<SenderAnomaly>,
     /// Deliveries of this run's messages received during the window.
     pub(crate) received_in_window: u64,
+    /// Of those, the ones that came compressed (RSV1 set).
+    pub(crate) compressed_in_window: u64,
+    /// Bytes the clients read from their sockets during the window: frames as they travel
+    /// (compressed ones compressed), without TCP/IP headers.
+    pub(crate) wire_bytes_received: u64,
+    /// Bytes the clients wrote to their sockets during the window.
+    pub(crate) wire_bytes_sent: u64,
+    /// wire_bytes_received / received_in_window.
+    pub(crate) wire_bytes_per_delivery: f64,
     /// received_in_window / duration.
     pub(crate) deliveries_per_s: f64,
     /// Over all measured deliveries.
@@ -424,6 +440,8 @@ pub(crate) struct ChurnReport {
     pub(crate) url: String,
     pub(crate) concurrency: u64,
     pub(crate) cycles: u64,
+    /// permessage-deflate was offered (and agreed: a decline fails the run).
+    pub(crate) deflate: bool,
     /// Cycles whose handshake and close completed.
     pub(crate) ok: u64,
     pub(crate) failed: u64,
@@ -478,13 +496,18 @@ impl IdleReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "idle {}{}",
+            "idle {}{}{}",
             self.url,
             match (&self.subscribe, &self.subprotocol) {
                 (Some(channel), Some(p)) =>
                     format!(" ({p}, every connection subscribed to {channel})"),
                 (None, Some(p)) => format!(" ({p})"),
                 _ => String::new(),
+            },
+            if self.deflate {
+                ", permessage-deflate"
+            } else {
+                ""
             }
         );
         let _ = writeln!(
@@ -547,13 +570,23 @@ impl FanoutReport {
         };
         let _ = writeln!(
             out,
-            "{} {}: {} conns, {} senders, {mode}, {} B messages{}",
+            "{} {}: {} conns, {} senders, {mode}, {} B {}messages{}{}",
             self.scenario,
             self.url,
             self.conns,
             self.senders,
             self.size,
-            if self.quick_acks { ", quick ACKs" } else { "" }
+            if self.payload == Payload::Json {
+                "JSON "
+            } else {
+                ""
+            },
+            if self.quick_acks { ", quick ACKs" } else { "" },
+            if self.deflate {
+                ", permessage-deflate"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             out,
@@ -598,6 +631,18 @@ impl FanoutReport {
             );
         }
         more(&mut out);
+        if self.deflate {
+            let _ = writeln!(
+                out,
+                "compressed:        {} of the {} deliveries received during the window (RSV1)",
+                self.compressed_in_window, self.received_in_window
+            );
+        }
+        let _ = writeln!(
+            out,
+            "wire:              {} bytes read in the window, {:.0} per delivery; {} bytes written",
+            self.wire_bytes_received, self.wire_bytes_per_delivery, self.wire_bytes_sent
+        );
         let _ = writeln!(
             out,
             "throughput:        {} deliveries/s ({} received during the window)",
@@ -787,8 +832,15 @@ impl ChurnReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "churn {}: {} cycles, {} at a time",
-            self.url, self.cycles, self.concurrency
+            "churn {}: {} cycles, {} at a time{}",
+            self.url,
+            self.cycles,
+            self.concurrency,
+            if self.deflate {
+                ", permessage-deflate"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             out,

@@ -1,10 +1,13 @@
 //! The bytes on the wire: the hand-written client handshake (request, 101 check,
-//! Sec-WebSocket-Accept, optionally a subprotocol), masked client frames, the incremental
-//! server-frame decoder that works in place over a shared read buffer, and the benchmark
-//! payload header (run tag, measured flag, sender id, sequence number, send timestamp).
+//! Sec-WebSocket-Accept, optionally a subprotocol and the permessage-deflate offer), masked
+//! client frames, the incremental server-frame decoder that works in place over a shared read
+//! buffer (inflating the start of compressed messages), and the benchmark payload header (run
+//! tag, measured flag, sender id, sequence number, send timestamp).
 
 use base64::Engine as _;
 use sha1::{Digest as _, Sha1};
+
+use crate::deflate::{Inflater, MAX_COMPRESSED_PREFIX};
 
 /// Frame opcodes (RFC 6455 §5.2).
 pub(crate) mod op {
@@ -36,14 +39,24 @@ pub(crate) fn accept_for(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-/// The upgrade request, asking for `protocol` (`Sec-WebSocket-Protocol`) if given.
-pub(crate) fn request(host: &str, path: &str, key: &str, protocol: Option<&str>) -> String {
+/// The upgrade request, asking for `protocol` (`Sec-WebSocket-Protocol`) and offering
+/// `extensions` (`Sec-WebSocket-Extensions`) if given.
+pub(crate) fn request(
+    host: &str,
+    path: &str,
+    key: &str,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+) -> String {
     let protocol = protocol
         .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
         .unwrap_or_default();
+    let extensions = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{protocol}{extensions}\r\n"
     )
 }
 
@@ -122,23 +135,67 @@ pub(crate) fn push_close(out: &mut Vec<u8>) {
 /// What the decoder hands to its caller for each frame it finishes looking at.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Event<'a> {
-    /// The first frame of a text or binary message: at least the first `min(len, prefix)`
-    /// payload bytes, unmasked (`prefix`: the decoder's, `HEADER_LEN` by default).
-    Message(&'a [u8]),
+    /// The first frame of a text or binary message.
+    Message {
+        /// Its first `min(len, prefix)` payload bytes, unmasked (`prefix`: the decoder's,
+        /// `HEADER_LEN` by default); of a compressed message, inflated.
+        prefix: &'a [u8],
+        /// RSV1 was set: the message came compressed (permessage-deflate).
+        compressed: bool,
+    },
     /// A ping with its whole payload.
     Ping(&'a [u8]),
     /// A close frame.
     Close,
-    /// A frame with a reserved opcode.
-    Bad(u8),
+    /// A frame that breaks the protocol.
+    Bad(Violation),
+}
+
+/// What is wrong with a frame the server sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Violation {
+    /// A reserved opcode.
+    Opcode(u8),
+    /// Reserved bits set (the first byte's 0x70) that no agreed extension defines.
+    Reserved(u8),
+    /// A control frame with more than 125 payload bytes (RFC 6455 §5.5).
+    LongControl(u8),
+    /// RSV1 (compressed) on a control or continuation frame: only a message's first frame
+    /// may carry it (RFC 7692 §6.1).
+    CompressedNotFirst(u8),
+    /// A compressed message that does not inflate.
+    Inflate,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Violation::Opcode(opcode) => write!(f, "opcode {opcode:#x}"),
+            Violation::Reserved(bits) if *bits == 0x40 => {
+                f.write_str("RSV1 (compressed) without permessage-deflate agreed")
+            }
+            Violation::Reserved(bits) => write!(f, "reserved bits {bits:#04x} set"),
+            Violation::LongControl(opcode) => {
+                write!(
+                    f,
+                    "control frame (opcode {opcode:#x}) longer than 125 bytes"
+                )
+            }
+            Violation::CompressedNotFirst(opcode) => {
+                write!(f, "RSV1 on a frame with opcode {opcode:#x}")
+            }
+            Violation::Inflate => f.write_str("compressed message that does not inflate"),
+        }
+    }
 }
 
 /// The longest message prefix a decoder can be asked to hand over.
 pub(crate) const MAX_PREFIX: usize = 384;
 
 /// Bytes of a server frame that may have to be kept between reads: a frame header (at most
-/// 14) plus a control payload (at most 125) or a message prefix (at most `MAX_PREFIX`).
-pub(crate) const MAX_CARRY: usize = 512;
+/// 14) plus a control payload (at most 125), a message prefix (at most `MAX_PREFIX`) or the
+/// start of a compressed message (at most `MAX_COMPRESSED_PREFIX`).
+pub(crate) const MAX_CARRY: usize = 14 + MAX_COMPRESSED_PREFIX;
 
 /// Decoder state kept per connection.
 #[derive(Debug)]
@@ -147,6 +204,8 @@ pub(crate) struct Decoder {
     pub(crate) skip: u64,
     /// How many payload bytes of each message to hand over.
     prefix: u64,
+    /// permessage-deflate was agreed: RSV1 on a message's first frame means compressed.
+    deflate: bool,
 }
 
 impl Default for Decoder {
@@ -162,13 +221,28 @@ impl Decoder {
         Self {
             skip: 0,
             prefix: prefix.min(MAX_PREFIX) as u64,
+            deflate: false,
         }
     }
 
-    /// Walks the frames in `buf`, calling `on` for each event. Returns how many bytes were
-    /// consumed; the rest (at most `MAX_CARRY` bytes, the start of an unfinished frame) must
-    /// be presented again, followed by more data.
-    pub(crate) fn feed(&mut self, buf: &mut [u8], mut on: impl FnMut(Event<'_>)) -> usize {
+    /// The same decoder, accepting compressed messages if permessage-deflate was `agreed`.
+    pub(crate) fn with_deflate(self, agreed: bool) -> Self {
+        Self {
+            deflate: agreed,
+            ..self
+        }
+    }
+
+    /// Walks the frames in `buf`, calling `on` for each event; compressed messages are
+    /// inflated (their prefix only) with `inflater`. Returns how many bytes were consumed;
+    /// the rest (at most `MAX_CARRY` bytes, the start of an unfinished frame) must be
+    /// presented again, followed by more data.
+    pub(crate) fn feed(
+        &mut self,
+        buf: &mut [u8],
+        inflater: &mut Inflater,
+        mut on: impl FnMut(Event<'_>),
+    ) -> usize {
         let mut pos = 0;
         loop {
             if self.skip > 0 {
@@ -183,7 +257,10 @@ impl Decoder {
             if rest.len() < 2 {
                 return pos;
             }
+            let fin = rest[0] & 0x80 != 0;
             let opcode = rest[0] & 0x0F;
+            let compressed = self.deflate && rest[0] & 0x40 != 0;
+            let reserved = rest[0] & if self.deflate { 0x30 } else { 0x70 };
             let masked = rest[1] & 0x80 != 0;
             let len7 = rest[1] & 0x7F;
             let (len, mut hlen) = match len7 {
@@ -214,10 +291,24 @@ impl Decoder {
                 None
             };
             let avail = (rest.len() - hlen) as u64;
+            // Checked before anything is kept: a long control frame would not fit the carry.
+            let violation = if reserved != 0 {
+                Some(Violation::Reserved(reserved))
+            } else if opcode & 0x8 != 0 && len > 125 {
+                Some(Violation::LongControl(opcode))
+            } else if compressed && !matches!(opcode, op::TEXT | op::BINARY) {
+                Some(Violation::CompressedNotFirst(opcode))
+            } else {
+                None
+            };
             // How much payload must be in hand before the frame can be handled.
-            let need = match opcode {
-                op::TEXT | op::BINARY => len.min(self.prefix),
-                op::PING | op::CLOSE => len,
+            let need = match (violation, opcode) {
+                (Some(_), _) => 0,
+                (None, op::TEXT | op::BINARY) if compressed => {
+                    len.min(MAX_COMPRESSED_PREFIX as u64)
+                }
+                (None, op::TEXT | op::BINARY) => len.min(self.prefix),
+                (None, op::PING | op::CLOSE) => len,
                 _ => 0,
             };
             if avail < need {
@@ -231,12 +322,27 @@ impl Decoder {
                 }
             }
             let payload = &buf[start..start + need as usize];
-            match opcode {
-                op::TEXT | op::BINARY => on(Event::Message(payload)),
-                op::PING => on(Event::Ping(payload)),
-                op::CLOSE => on(Event::Close),
-                op::PONG | op::CONT => {}
-                other => on(Event::Bad(other)),
+            match (violation, opcode) {
+                (Some(violation), _) => on(Event::Bad(violation)),
+                (None, op::TEXT | op::BINARY) if compressed => {
+                    // All of the message's data is in hand if this frame is all of it.
+                    let complete = fin && need == len;
+                    match inflater.prefix(payload, complete, self.prefix as usize) {
+                        Some(prefix) => on(Event::Message {
+                            prefix,
+                            compressed: true,
+                        }),
+                        None => on(Event::Bad(Violation::Inflate)),
+                    }
+                }
+                (None, op::TEXT | op::BINARY) => on(Event::Message {
+                    prefix: payload,
+                    compressed: false,
+                }),
+                (None, op::PING) => on(Event::Ping(payload)),
+                (None, op::CLOSE) => on(Event::Close),
+                (None, op::PONG | op::CONT) => {}
+                (None, other) => on(Event::Bad(Violation::Opcode(other))),
             }
             pos = start + take;
             self.skip = len - take as u64;
@@ -364,8 +470,13 @@ mod tests {
             Ok(())
         );
         assert!(
-            request("h", "/", "k", Some("wshub.v1"))
+            request("h", "/", "k", Some("wshub.v1"), None)
                 .contains("Sec-WebSocket-Protocol: wshub.v1\r\n\r\n")
+        );
+        assert!(
+            request("h", "/", "k", None, Some(crate::deflate::OFFER)).ends_with(
+                "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; server_no_context_takeover\r\n\r\n"
+            )
         );
         assert!(check_response(b"HTTP/1.1 503 Busy\r\n\r\n", "x", None).is_err());
         assert_eq!(head_end(head), Some(head.len()));
@@ -397,9 +508,9 @@ mod tests {
         push_frame(&mut out, op::BINARY, &big);
         let mut d = Decoder::default();
         let mut seen = Vec::new();
-        let used = d.feed(&mut out, |e| {
-            if let Event::Message(p) = e {
-                seen.push(p.to_vec())
+        let used = d.feed(&mut out, &mut Inflater::default(), |e| {
+            if let Event::Message { prefix, .. } = e {
+                seen.push(prefix.to_vec())
             }
         });
         assert_eq!(used, out.len());
@@ -421,15 +532,46 @@ mod tests {
             let mut events = Vec::new();
             feed_in_chunks(Decoder::default(), &stream, chunk, |e| {
                 events.push(match e {
-                    Event::Message(p) => format!("m{}{}", p.len(), p[0] as char),
+                    Event::Message { prefix: p, .. } => format!("m{}{}", p.len(), p[0] as char),
                     Event::Ping(p) => format!("ping{}", p.len()),
                     Event::Close => "close".into(),
-                    Event::Bad(o) => format!("bad{o}"),
+                    Event::Bad(v) => format!("bad {v}"),
                 })
             });
             assert_eq!(
                 events,
                 ["m32x", "ping2", "m32y", "m32z", "close"],
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn violations_are_reported_and_skipped() {
+        let mut stream = Vec::new();
+        let mut rsv2 = unmasked(op::TEXT, b"x");
+        rsv2[0] |= 0x20;
+        stream.extend(rsv2);
+        stream.extend(unmasked(0x3, b"reserved opcode"));
+        stream.extend(unmasked(op::PING, &[b'p'; 200]));
+        stream.extend(unmasked(op::TEXT, &[b'm'; 40]));
+        for chunk in [1usize, 3, 100, 4096] {
+            let mut events = Vec::new();
+            feed_in_chunks(Decoder::default(), &stream, chunk, |e| {
+                events.push(match e {
+                    Event::Bad(v) => v.to_string(),
+                    Event::Message { prefix: p, .. } => format!("m{}", p.len()),
+                    other => format!("{other:?}"),
+                })
+            });
+            assert_eq!(
+                events,
+                [
+                    "reserved bits 0x20 set",
+                    "opcode 0x3",
+                    "control frame (opcode 0x9) longer than 125 bytes",
+                    "m32"
+                ],
                 "chunk {chunk}"
             );
         }
@@ -445,12 +587,105 @@ mod tests {
         for chunk in [1usize, 5, 200, 383, 385, 4096] {
             let mut events = Vec::new();
             feed_in_chunks(Decoder::new(MAX_PREFIX), &stream, chunk, |e| {
-                if let Event::Message(p) | Event::Ping(p) = e {
+                if let Event::Message { prefix: p, .. } | Event::Ping(p) = e {
                     events.push(format!("{}{}", p.len(), p[0] as char));
                 }
             });
             assert_eq!(events, ["100a", "384b", "125p", "384c"], "chunk {chunk}");
         }
+    }
+
+    #[test]
+    fn compressed_messages_inflate() {
+        let mut h = Header {
+            measured: true,
+            tag: 0xbeef,
+            sender: 7,
+            seq: 0,
+            sent_us: 1_790_000_000_123_456,
+        };
+        let mut stream = Vec::new();
+        let mut sent = Vec::new();
+        for (seq, size) in [(0u32, 1024usize), (1, 300), (2, 40), (3, 8000)] {
+            h.seq = seq;
+            // The header, then JSON-like text that varies (incompressible enough that the
+            // 8000-byte one is longer than MAX_COMPRESSED_PREFIX compressed).
+            let mut body = vec![b' '; HEADER_LEN];
+            let mut x = seq;
+            while body.len() < size {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                body.extend(format!(r#"{{"user":"u{}","n":{x}}},"#, x % 1000).bytes());
+            }
+            body.truncate(size);
+            h.write(&mut body[..HEADER_LEN]);
+            let deflated = crate::deflate::tests::deflate(&body);
+            assert_eq!(size == 8000, deflated.len() > MAX_COMPRESSED_PREFIX);
+            let mut frame = unmasked(op::TEXT, &deflated);
+            frame[0] |= 0x40;
+            stream.extend(frame);
+            stream.extend(unmasked(op::PING, b"p"));
+            sent.push(h);
+        }
+        // An uncompressed message in between is fine (compression is per message).
+        let mut plain = body_template(64);
+        h.seq = 4;
+        h.write(&mut plain);
+        stream.extend(unmasked(op::BINARY, &plain));
+        sent.push(h);
+        for chunk in [1usize, 7, 100, 1000, 100_000] {
+            let (mut headers, mut compressed) = (Vec::new(), 0);
+            feed_in_chunks(
+                Decoder::default().with_deflate(true),
+                &stream,
+                chunk,
+                |e| match e {
+                    Event::Message {
+                        prefix,
+                        compressed: c,
+                    } => {
+                        assert_eq!(prefix.len(), HEADER_LEN);
+                        headers.push(Header::parse(prefix));
+                        compressed += usize::from(c);
+                    }
+                    Event::Ping(_) => {}
+                    other => panic!("{other:?}"),
+                },
+            );
+            let want: Vec<_> = sent.iter().copied().map(Some).collect();
+            assert_eq!(headers, want, "chunk {chunk}");
+            assert_eq!(compressed, 4, "chunk {chunk}");
+        }
+        // Without the agreement RSV1 is a protocol error, and so is RSV1 on a ping.
+        let mut events = Vec::new();
+        let mut ping = unmasked(op::PING, b"p");
+        ping[0] |= 0x40;
+        stream.extend(&ping);
+        for deflate in [false, true] {
+            feed_in_chunks(
+                Decoder::default().with_deflate(deflate),
+                &stream,
+                100_000,
+                |e| {
+                    if let Event::Bad(v) = e {
+                        events.push(v.to_string());
+                    }
+                },
+            );
+        }
+        assert_eq!(events.len(), 4 + 1 + 1);
+        assert_eq!(
+            events[0],
+            "RSV1 (compressed) without permessage-deflate agreed"
+        );
+        assert_eq!(events[5], "RSV1 on a frame with opcode 0x9");
+        // Garbage with RSV1 set does not inflate.
+        let mut junk = unmasked(op::TEXT, &[0xff; 40]);
+        junk[0] |= 0x40;
+        let mut bad = Vec::new();
+        feed_in_chunks(Decoder::default().with_deflate(true), &junk, 9, |e| {
+            bad.push(e == Event::Bad(Violation::Inflate))
+        });
+        assert_eq!(bad, [true]);
     }
 
     /// Feeds `stream` to `decoder` in pieces of `chunk` bytes, carrying over what it did not
@@ -462,10 +697,11 @@ mod tests {
         mut on: impl FnMut(Event<'_>),
     ) {
         let mut carry: Vec<u8> = Vec::new();
+        let mut inflater = Inflater::default();
         for piece in stream.chunks(chunk) {
             let mut buf = carry.clone();
             buf.extend_from_slice(piece);
-            let used = decoder.feed(&mut buf, &mut on);
+            let used = decoder.feed(&mut buf, &mut inflater, &mut on);
             carry = buf[used..].to_vec();
             assert!(carry.len() <= MAX_CARRY, "chunk {chunk}");
         }

@@ -162,6 +162,9 @@ async fn work(plan: Plan, mut commands: mpsc::UnboundedReceiver<Command>) {
         backlog_skipped: shared.backlog_skipped.get(),
         errors: shared.errors(),
         offsets: shared.offsets.borrow().clone(),
+        compressed_in_window: shared.compressed_in_window.get(),
+        wire_received: shared.wire_received.get(),
+        wire_sent: shared.wire_sent.get(),
     };
     emit(&Event::Final(Box::new(report)));
     // Close politely: every connection sends a close frame and waits (briefly) for the

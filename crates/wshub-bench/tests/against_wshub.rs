@@ -538,6 +538,78 @@ fn refused_connections_are_reported_not_fatal_for_idle() {
 }
 
 #[test]
+fn fanout_with_deflate_gets_every_message_compressed_and_fewer_bytes() {
+    let server = Server::start(&["--compression", "true"]);
+    let (url, pid) = (server.url(), server.pid());
+    let run = |deflate: bool| {
+        let mut args = vec![
+            "fanout",
+            "--url",
+            &url,
+            "--conns",
+            "20",
+            "--senders",
+            "2",
+            "--in-flight",
+            "4",
+            "--size",
+            "1024",
+            "--payload",
+            "json",
+            "--warmup",
+            "300ms",
+            "--duration",
+            "1s",
+            "--drain",
+            "10s",
+            "--server-pid",
+            &pid,
+        ];
+        if deflate {
+            args.push("--deflate");
+        }
+        bench(&args)
+    };
+    let (on, off) = (run(true), run(false));
+    check_fanout(&on, 20);
+    check_fanout(&off, 20);
+    assert_eq!(on["deflate"], true);
+    assert_eq!(on["payload"], "json");
+    let received = n(&on, "received_in_window");
+    assert!(received > 0, "{on}");
+    assert_eq!(n(&on, "compressed_in_window"), received, "{on}");
+    assert_eq!(n(&off, "compressed_in_window"), 0, "{off}");
+    let per_delivery = |r: &Value| r["wire_bytes_per_delivery"].as_f64().unwrap();
+    // Uncompressed: the 1024 bytes and a 4-byte frame header.
+    assert!((1024.0..1100.0).contains(&per_delivery(&off)), "{off}");
+    assert!(per_delivery(&on) < 0.85 * per_delivery(&off), "{on}");
+    assert!(n(&on, "wire_bytes_sent") > 0, "{on}");
+}
+
+#[test]
+fn deflate_against_a_server_that_declines_fails_the_run() {
+    let server = Server::start(&[]);
+    let url = server.url();
+    for args in [
+        &["idle", "--conns", "5"][..],
+        &["fanout", "--conns", "5", "--senders", "1"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wshub-bench"))
+            .args(args)
+            .args(["--url", &url, "--deflate", "--json", "--quiet"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("declined permessage-deflate in 5 of 5 handshakes"),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
 fn help_explains_scaling() {
     let out = Command::new(env!("CARGO_BIN_EXE_wshub-bench"))
         .arg("--help")
@@ -552,6 +624,8 @@ fn help_explains_scaling() {
         "--drain",
         "wshub.v1",
         "recover",
+        "permessage-deflate",
+        "--payload",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}: {help}");
     }
