@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::broker::{Event, History, Publication};
 use crate::compression::Policy;
-use crate::hub::ConnId;
+use crate::id::ConnId;
 use crate::message::Message;
 use crate::outbox::Outbox;
 use crate::protocol;

@@ -11,7 +11,8 @@ use std::pin::Pin;
 
 use http::{HeaderMap, Uri};
 
-use crate::hub::{ConnId, Hub};
+use crate::hub::Hub;
+use crate::id::ConnId;
 use crate::message::{CloseReason, Message};
 
 /// What the server knew about a connection when it upgraded.
