@@ -16,16 +16,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::backpressure::Backpressure;
 use crate::broker::{Broker, Event, History, HistoryLimits, Member, MemoryBroker, StreamPosition};
 use crate::channels::Channels;
+use crate::channels::protocol::ProtocolError;
 use crate::compression::{Agreement, Policy};
 use crate::config::{Config, ConfigError};
 use crate::handler::{DynHandler, Handler};
 use crate::id::ConnId;
 use crate::message::{CloseReason, Message};
-use crate::outbox::{Deflating, Limits, Outbox, PushError};
-use crate::protocol::ProtocolError;
+use crate::wire::backpressure::Backpressure;
+use crate::wire::outbox::{Deflating, Limits, Outbox, PushError};
 
 /// Registry shards: enough that broadcasts and registrations on different cores rarely
 /// meet on one lock, few enough that a broadcast's walk over them stays cheap.

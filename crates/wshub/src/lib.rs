@@ -44,25 +44,17 @@
 //!   files, `/ws`, publish API.
 //! - `server`: [`serve`]: the accept loop, handshake limits and graceful shutdown.
 
-mod backpressure;
 mod broker;
 mod channels;
 mod compression;
 mod config;
 mod connection;
-mod cork;
 mod handler;
 mod http;
 mod hub;
 mod id;
 mod message;
-mod outbox;
-mod prefixed;
-mod protocol;
-mod reader;
-mod server;
-mod session;
-mod upgrade;
+mod wire;
 
 #[cfg(fuzzing)]
 #[doc(hidden)]
@@ -72,12 +64,12 @@ pub use broker::{
     Broker, BrokerError, BrokerFuture, Deliver, Event, History, HistoryLimits, Member,
     MemoryBroker, Publication, StreamPosition,
 };
+pub use channels::protocol::{ProtocolError, SUBPROTOCOL};
 pub use config::{Config, ConfigError, format_duration};
-pub use cork::flush_corked;
 pub use handler::{Broadcast, ConnInfo, Handler};
+pub use http::server::{MAX_HEADER_BYTES, serve};
 pub use http::{CLIENT_DTS, CLIENT_JS, DEFAULT_HOME_TEMPLATE, Site, WS_PATH, router};
 pub use hub::{Hub, SendError};
 pub use id::ConnId;
 pub use message::{CloseReason, Message};
-pub use protocol::{ProtocolError, SUBPROTOCOL};
-pub use server::{MAX_HEADER_BYTES, serve};
+pub use wire::cork::flush_corked;

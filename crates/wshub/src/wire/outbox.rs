@@ -4,7 +4,7 @@
 //! This is µWebSockets' model. A publisher locks the outbox, appends the shared,
 //! pre-encoded frame and, when the kernel has not refused anything, writes the queue at
 //! once with a non-blocking `writev` (a no-op waker: it never waits). Inside a
-//! [`cork`](crate::cork) the write waits for the end of the round, so every frame a socket
+//! [`cork`](crate::wire::cork) the write waits for the end of the round, so every frame a socket
 //! got in one round leaves in one system call. What the kernel refuses stays queued, and
 //! the connection's own task drives it out as the socket becomes writable.
 //!
@@ -23,9 +23,9 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
-use crate::backpressure::Backpressure;
-use crate::cork;
 use crate::message::{CloseReason, Message};
+use crate::wire::backpressure::Backpressure;
+use crate::wire::cork;
 
 /// How many frames one `writev` carries at most (Linux allows 1024; 64 is where the
 /// measured cost per frame stops falling, see bench/floor).

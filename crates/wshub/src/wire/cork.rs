@@ -19,7 +19,7 @@
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
-use crate::outbox::Outbox;
+use crate::wire::outbox::Outbox;
 
 thread_local! {
     /// Whether a round is open on this thread.
