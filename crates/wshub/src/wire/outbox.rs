@@ -293,13 +293,6 @@ impl Outbox {
         self.write_now(state);
     }
 
-    /// The end of a cork's round: writes what the round queued.
-    pub(crate) fn uncork(&self) {
-        let mut state = self.lock();
-        state.corked = false;
-        self.write_now(state);
-    }
-
     /// Writes the queue now unless the kernel is refusing (then the connection's task
     /// owns the writing). A refusal here hands the rest to that task.
     fn write_now(&self, mut state: MutexGuard<'_, State>) {
@@ -396,6 +389,15 @@ impl Outbox {
     pub(crate) fn stalled_since(&self) -> Option<Instant> {
         let state = self.lock();
         if state.refused { state.progress } else { None }
+    }
+}
+
+impl cork::Corked for Outbox {
+    /// The end of a cork's round: writes what the round queued.
+    fn uncork(&self) {
+        let mut state = self.lock();
+        state.corked = false;
+        self.write_now(state);
     }
 }
 
