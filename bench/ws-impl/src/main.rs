@@ -143,7 +143,7 @@ struct Tungstenite {
 }
 
 impl Tungstenite {
-    /// wshub's `upgrade.rs::websocket_config` with the default config: 1 KiB buffers,
+    /// wshub's `http/upgrade.rs::websocket_config` with the default config: 1 KiB buffers,
     /// 5,120-byte messages and frames.
     fn wshub() -> Self {
         Self::with_read_buffer("tokio-tungstenite (wshub config: 1 KiB read buffer)", 1024)
@@ -187,7 +187,7 @@ impl<S: Io> Server for TungsteniteWs<S> {
             return match self.0.next().await {
                 Some(Ok(Message::Text(text))) => Event::Text(text.len()),
                 Some(Ok(Message::Binary(bytes))) => Event::Binary(bytes.len()),
-                // As wshub's connection.rs does: tungstenite queued the pong (or the echo
+                // As wshub's connection/mod.rs does: tungstenite queued the pong (or the echo
                 // of the close); send it now rather than with the next write.
                 Some(Ok(Message::Ping(_))) => match self.0.flush().await {
                     Ok(()) => Event::Ping,

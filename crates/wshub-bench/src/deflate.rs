@@ -3,7 +3,7 @@
 //!
 //! The offer asks for no context takeover either way, so every compressed message is a
 //! raw-deflate stream of its own (wshub answers exactly that; see
-//! crates/wshub/src/compression.rs): one inflater per worker process serves all of its
+//! crates/wshub/src/compression/mod.rs): one inflater per worker process serves all of its
 //! connections, reset per message, and no connection keeps a 32 KiB window. Only the first
 //! bytes of each message are inflated, as many as the decoder hands over uncompressed.
 //!

@@ -52,7 +52,7 @@ pub fn frame_reader(bytes: &[u8]) {
     };
     let inflate = first & 1 == 1;
     let step = usize::from(first >> 1).max(1);
-    let read = |step| crate::reader::read_all_inflating(bytes, step, 1024, inflate);
+    let read = |step| crate::wire::reader::read_all_inflating(bytes, step, 1024, inflate);
     let whole = read(bytes.len().max(1));
     assert_eq!(
         whole,
@@ -61,7 +61,7 @@ pub fn frame_reader(bytes: &[u8]) {
     );
     if let Ok(events) = whole {
         for event in events {
-            if let crate::reader::Inbound::Message(message) = event {
+            if let crate::wire::reader::Inbound::Message(message) = event {
                 assert!(message.len() <= 1024, "a message past max_message_size");
             }
         }
@@ -83,7 +83,7 @@ pub fn upgrade_head(bytes: &[u8]) {
     };
     let remote = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
     if let Some((response, _registration, _request, head_len)) =
-        crate::server::answer(bytes, remote, &hub)
+        crate::http::server::answer(bytes, remote, &hub)
     {
         assert!(head_len <= bytes.len());
         assert!(response.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));

@@ -11,7 +11,11 @@ use std::pin::Pin;
 
 use http::{HeaderMap, Uri};
 
-use crate::hub::{ConnId, Hub};
+// The one import upwards in the crate: the hub calls the handler, and the handler's
+// callbacks are given the hub to answer with (send, broadcast, close). A callback, not a
+// layer: nothing else here depends on the hub.
+use crate::hub::Hub;
+use crate::id::ConnId;
 use crate::message::{CloseReason, Message};
 
 /// What the server knew about a connection when it upgraded.

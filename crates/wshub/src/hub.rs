@@ -16,36 +16,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::backpressure::Backpressure;
 use crate::broker::{Broker, Event, History, HistoryLimits, Member, MemoryBroker, StreamPosition};
 use crate::channels::Channels;
+use crate::channels::protocol::ProtocolError;
 use crate::compression::{Agreement, Policy};
 use crate::config::{Config, ConfigError};
 use crate::handler::{DynHandler, Handler};
+use crate::id::ConnId;
 use crate::message::{CloseReason, Message};
-use crate::outbox::{Deflating, Limits, Outbox, PushError};
-use crate::protocol::ProtocolError;
+use crate::wire::backpressure::Backpressure;
+use crate::wire::outbox::{Deflating, Limits, Outbox, PushError};
 
 /// Registry shards: enough that broadcasts and registrations on different cores rarely
 /// meet on one lock, few enough that a broadcast's walk over them stays cheap.
 const SHARDS: usize = 16;
-
-/// A connection's identity within this hub: unique for the hub's lifetime, never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(u64);
-
-impl ConnId {
-    /// The id as a number (as written in logs, webhooks and stdio lines).
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl std::fmt::Display for ConnId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// Why [`Hub::send`] could not queue a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,48 +20,47 @@
 //! # Layout
 //!
 //! Data flows one way: socket → connection (frame reader) → handler (the application) →
-//! hub → outboxes → sockets, written from the publishing task.
+//! hub → outboxes → sockets, written from the publishing task. One line per part, the
+//! lowest first: a module imports only modules listed before it, except
+//! `compression/codec.rs`, which sits below `message` (a message deflates itself with
+//! it), and the [`Handler`]'s callbacks, which are given the [`Hub`] (`handler` → `hub`,
+//! the one import upwards).
 //!
 //! - [`config`](Config): limits and timeouts with the Go original's defaults; `validate()`.
+//! - `id`: [`ConnId`], a connection's identity to the hub, the channels and the broker.
 //! - `message`: [`Message`] (text/binary, shared payload) and [`CloseReason`].
+//! - `compression/`: permessage-deflate, a broadcast compressed once: the agreement and
+//!   the hub's policy (`mod.rs`), the pooled codec below `message` (`codec.rs`).
+//! - `wire/`: bytes in and out of a socket, below the hub: `reader`, the frame reader
+//!   (RFC 6455 rules, UTF-8, limits, inflating); `outbox`, a connection's outbound side
+//!   (writes straight to its socket, queues only what the kernel refused: bounded, past
+//!   it slow consumer); `cork`, rounds (what a round publishes leaves in one write per
+//!   recipient; [`flush_corked`] extends a round to a worker's whole run);
+//!   `backpressure`, publishers pause while many recipients' kernels refuse.
+//! - `broker/`: the [`Broker`] seam (ordering, history, presence) and [`MemoryBroker`].
+//! - `channels/`: channel subscribers on this node; exact recovery (buffer, then merge);
+//!   `protocol`, the `wshub.v1` wire format (commands, replies, pushes), no state.
 //! - `handler`: the application's [`Handler`] callbacks and [`ConnInfo`].
 //! - `hub`: [`Hub`], the sharded registry and the non-blocking fan-out.
-//! - `protocol`: the `wshub.v1` wire format (commands, replies, pushes); no state.
-//! - `session`: what a `wshub.v1` connection's commands do; its subscriptions.
-//! - `channels`: channel subscribers on this node; exact recovery (buffer, then merge).
-//! - `broker`: the [`Broker`] seam (ordering, history, presence) and [`MemoryBroker`].
-//! - `outbox`: a connection's outbound side: writes straight to its socket, queues only
-//!   what the kernel refused (bounded: past it, slow consumer).
-//! - `cork`: rounds; what a round publishes leaves in one write per recipient
-//!   ([`flush_corked`] extends a round to a worker's whole run).
-//! - `backpressure`: publishers pause while many recipients' kernels refuse.
-//! - `compression`: permessage-deflate, a broadcast compressed once.
-//! - `reader`: the frame reader (RFC 6455 rules, UTF-8, limits, inflating).
-//! - `connection`: one task per connection: reads, drives refused bytes, pings, deadlines,
-//!   close.
-//! - `upgrade`: HTTP → WebSocket checks (version, key, origin) and the 101.
-//! - `http`: the HTTP surface ([`router`]): home page, browser client (`/wshub.js`), static
-//!   files, `/ws`, publish API.
-//! - `server`: [`serve`]: the accept loop, handshake limits and graceful shutdown.
+//! - `connection/`: one task per connection: reads, drives refused bytes, pings,
+//!   deadlines, close; `session`, what a `wshub.v1` connection's commands do, its
+//!   subscriptions.
+//! - `http/`: the HTTP surface ([`router`]): home page, browser client (`/wshub.js`),
+//!   static files, `/ws`, publish API; `server`, [`serve`]: the accept loop, handshake
+//!   limits and graceful shutdown; `upgrade`, HTTP → WebSocket checks (version, key,
+//!   origin) and the 101; `prefixed`, a stream with its first bytes already read.
 
-mod backpressure;
 mod broker;
 mod channels;
 mod compression;
 mod config;
 mod connection;
-mod cork;
 mod handler;
 mod http;
 mod hub;
+mod id;
 mod message;
-mod outbox;
-mod prefixed;
-mod protocol;
-mod reader;
-mod server;
-mod session;
-mod upgrade;
+mod wire;
 
 #[cfg(fuzzing)]
 #[doc(hidden)]
@@ -71,11 +70,12 @@ pub use broker::{
     Broker, BrokerError, BrokerFuture, Deliver, Event, History, HistoryLimits, Member,
     MemoryBroker, Publication, StreamPosition,
 };
+pub use channels::protocol::{ProtocolError, SUBPROTOCOL};
 pub use config::{Config, ConfigError, format_duration};
-pub use cork::flush_corked;
 pub use handler::{Broadcast, ConnInfo, Handler};
+pub use http::server::{MAX_HEADER_BYTES, serve};
 pub use http::{CLIENT_DTS, CLIENT_JS, DEFAULT_HOME_TEMPLATE, Site, WS_PATH, router};
-pub use hub::{ConnId, Hub, SendError};
+pub use hub::{Hub, SendError};
+pub use id::ConnId;
 pub use message::{CloseReason, Message};
-pub use protocol::{ProtocolError, SUBPROTOCOL};
-pub use server::{MAX_HEADER_BYTES, serve};
+pub use wire::cork::flush_corked;

@@ -87,7 +87,10 @@ impl Message {
     /// The message with its deflated frame made (once: clones share it).
     pub(crate) fn with_deflated(mut self) -> Message {
         if self.deflated.is_none() {
-            self.deflated = Some(self.deflate(crate::compression::DEFAULT_WINDOW_BITS).wire);
+            self.deflated = Some(
+                self.deflate(crate::compression::codec::DEFAULT_WINDOW_BITS)
+                    .wire,
+            );
         }
         self
     }
@@ -100,11 +103,13 @@ impl Message {
             return self.clone();
         }
         match &self.deflated {
-            Some(wire) if window_bits == crate::compression::DEFAULT_WINDOW_BITS => Message {
-                wire: wire.clone(),
-                header_len: self.header_len, // unused: a deflated frame is only written
-                deflated: None,
-            },
+            Some(wire) if window_bits == crate::compression::codec::DEFAULT_WINDOW_BITS => {
+                Message {
+                    wire: wire.clone(),
+                    header_len: self.header_len, // unused: a deflated frame is only written
+                    deflated: None,
+                }
+            }
             _ => self.deflate(window_bits),
         }
     }
@@ -114,7 +119,7 @@ impl Message {
         let first = self.wire.first().copied().unwrap_or(0x80 | OPCODE_BINARY);
         Message::frame(
             first | 0x40,
-            &crate::compression::deflate(self.as_bytes(), window_bits),
+            &crate::compression::codec::deflate(self.as_bytes(), window_bits),
         )
     }
 

@@ -1,5 +1,5 @@
 //! A TCP stream with bytes already read from it in front: what the accept loop hands to
-//! hyper when the first read was not a hub upgrade (see [`crate::server`]).
+//! hyper when the first read was not a hub upgrade (see [`crate::http::server`]).
 
 use std::io;
 use std::pin::Pin;

@@ -19,17 +19,22 @@
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
-use crate::outbox::Outbox;
+/// What a round writes when it ends: an outbox. A trait, so that the cork, which the
+/// outbox consults on every push, names no outbox and sits below it.
+pub(crate) trait Corked {
+    /// The end of a cork's round: writes what the round queued.
+    fn uncork(&self);
+}
 
 thread_local! {
     /// Whether a round is open on this thread.
     static ACTIVE: Cell<bool> = const { Cell::new(false) };
     /// Outboxes with frames queued in this round (its allocation is reused).
-    static CORKED: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
+    static CORKED: RefCell<Vec<Arc<dyn Corked>>> = const { RefCell::new(Vec::new()) };
     /// The outbox of the connection being polled (its address), see `round`.
     static OWN: Cell<usize> = const { Cell::new(0) };
     /// Publishers' own outboxes, written after the others.
-    static LAST: RefCell<Vec<Arc<Outbox>>> = const { RefCell::new(Vec::new()) };
+    static LAST: RefCell<Vec<Arc<dyn Corked>>> = const { RefCell::new(Vec::new()) };
     /// This worker calls `flush_corked` when it parks: its list may outlive a round.
     static DEFERRING: Cell<bool> = const { Cell::new(false) };
     /// Rounds since this thread's list was last flushed.
@@ -57,9 +62,9 @@ pub(crate) fn pushes() -> u64 {
 /// `own` is the polled connection's outbox: its frames are written after everyone
 /// else's, so a publisher hears back about its message only once the others were sent
 /// it, and a fast publisher cannot outrun its own fan-out.
-pub(crate) fn round<R>(own: &Arc<Outbox>, poll: impl FnOnce() -> R) -> R {
+pub(crate) fn round<T, R>(own: &Arc<T>, poll: impl FnOnce() -> R) -> R {
     let _round = Round::open();
-    let outer = OWN.with(|o| o.replace(Arc::as_ptr(own) as usize));
+    let outer = OWN.with(|o| o.replace(Arc::as_ptr(own).cast::<()>() as usize));
     let result = poll();
     OWN.with(|o| o.set(outer));
     result
@@ -86,8 +91,8 @@ pub fn flush_corked() {
 }
 
 /// Notes an outbox that queued frames in the current round.
-pub(crate) fn add(outbox: Arc<Outbox>) {
-    if Arc::as_ptr(&outbox) as usize == OWN.with(Cell::get) {
+pub(crate) fn add(outbox: Arc<dyn Corked>) {
+    if Arc::as_ptr(&outbox).cast::<()>() as usize == OWN.with(Cell::get) {
         LAST.with(|list| list.borrow_mut().push(outbox));
     } else {
         CORKED.with(|list| list.borrow_mut().push(outbox));
@@ -134,7 +139,7 @@ fn flush() {
     uncork_all(&LAST);
 }
 
-fn uncork_all(list: &'static std::thread::LocalKey<RefCell<Vec<Arc<Outbox>>>>) {
+fn uncork_all(list: &'static std::thread::LocalKey<RefCell<Vec<Arc<dyn Corked>>>>) {
     let mut corked = list.with(|list| std::mem::take(&mut *list.borrow_mut()));
     for outbox in corked.drain(..) {
         outbox.uncork();

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::hub::ConnId;
+use crate::id::ConnId;
 
 /// A position in a channel's stream: the publication with this `offset` in this `epoch`
 /// (offset 0: before the first publication).

@@ -18,8 +18,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::compression;
 use crate::connection::{self, Socket};
+use crate::http::prefixed::Prefixed;
 use crate::hub::{Hub, Refusal, Registration};
-use crate::prefixed::Prefixed;
 
 impl Hub {
     /// The WebSocket endpoint as an axum route, to mount at any path of any router:
@@ -98,7 +98,7 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
     response
 }
 
-/// An upgrade request that the accept loop parsed itself (see [`crate::server`]): if every
+/// An upgrade request that the accept loop parsed itself (see [`crate::http::server`]): if every
 /// rule passes and the hub admits it, the connection is registered and this returns the
 /// 101 to write and what the connection needs. `None` means "not here": the caller hands
 /// the request to the router, which answers it (or refuses it with its specific status).
@@ -167,7 +167,7 @@ impl Accepted {
             )),
             self.structured.then_some((
                 "Sec-WebSocket-Protocol",
-                Cow::Borrowed(crate::protocol::SUBPROTOCOL),
+                Cow::Borrowed(crate::channels::protocol::SUBPROTOCOL),
             )),
             self.deflate
                 .map(|agreement| ("Sec-WebSocket-Extensions", Cow::Owned(agreement.response()))),
@@ -349,7 +349,7 @@ fn check(headers: &(impl Headers + ?Sized), hub: &Hub) -> Result<Accepted, Rejec
         .values("sec-websocket-protocol")
         .filter_map(|value| std::str::from_utf8(value).ok())
         .flat_map(|value| value.split(','))
-        .any(|offered| offered.trim() == crate::protocol::SUBPROTOCOL);
+        .any(|offered| offered.trim() == crate::channels::protocol::SUBPROTOCOL);
     Ok(Accepted {
         key: key.to_owned(),
         structured,

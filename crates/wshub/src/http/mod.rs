@@ -5,6 +5,10 @@
 //! Anything not routed is 404; a routed path with the wrong method is 405 (as the Go
 //! original). The routes only translate HTTP into hub calls; the hub does the work.
 
+mod prefixed;
+pub(crate) mod server;
+mod upgrade;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,13 +24,13 @@ use crate::hub::Hub;
 use crate::message::Message;
 
 /// The home page used when no template is given: a chat client for `/ws`.
-pub const DEFAULT_HOME_TEMPLATE: &str = include_str!("../assets/home.html");
+pub const DEFAULT_HOME_TEMPLATE: &str = include_str!("../../assets/home.html");
 
 /// The browser client of the `wshub.v1` protocol, an ES module served at `/wshub.js`.
-pub const CLIENT_JS: &str = include_str!("../assets/wshub.js");
+pub const CLIENT_JS: &str = include_str!("../../assets/wshub.js");
 
 /// The TypeScript declarations of [`CLIENT_JS`], served at `/wshub.d.ts`.
-pub const CLIENT_DTS: &str = include_str!("../assets/wshub.d.ts");
+pub const CLIENT_DTS: &str = include_str!("../../assets/wshub.d.ts");
 
 /// Where [`router`] mounts the hub's WebSocket endpoint, and the path whose upgrades
 /// [`crate::serve`] answers itself, ahead of the router.

@@ -1,12 +1,14 @@
 //! One connection's life: reading, keepalive, what the kernel refused, and the close.
 //!
 //! The connection owns its socket's read half; its write half sits in the
-//! [`Outbox`](crate::outbox), where publishers write to it directly. A single `select!`
+//! [`Outbox`](crate::wire::outbox), where publishers write to it directly. A single `select!`
 //! loop reads frames (into this worker thread's scratch buffer, parsed by the
 //! [`FrameReader`]), drives out what the kernel refused, pings, and watches the pong and
 //! write deadlines. It ends exactly once, for one [`CloseReason`]: then it sends that close
 //! frame after everything queued (if the link still works), waits briefly for the peer's,
 //! leaves the hub and tells the handler. Every exit goes through the same `finish` path.
+
+mod session;
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -17,13 +19,13 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::cork;
+use crate::connection::session::Session;
 use crate::handler::ConnInfo;
 use crate::hub::{Hub, Registration};
 use crate::message::{CloseReason, Message};
-use crate::outbox::{Drive, Writer};
-use crate::reader::{FrameReader, Inbound, ReadError};
-use crate::session::Session;
+use crate::wire::cork;
+use crate::wire::outbox::{Drive, Writer};
+use crate::wire::reader::{FrameReader, Inbound, ReadError};
 
 /// How long we wait for the peer's close frame after sending ours ("wait briefly").
 const CLOSE_GRACE: Duration = Duration::from_secs(1);

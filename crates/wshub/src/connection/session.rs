@@ -11,10 +11,10 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use crate::broker::{Member, StreamPosition};
+use crate::channels::protocol::{self, Command, ProtocolError};
 use crate::channels::{AddError, push_or_evict};
 use crate::hub::{Hub, Registration};
 use crate::message::Message;
-use crate::protocol::{self, Command, ProtocolError};
 
 /// The subscriptions of one `wshub.v1` connection.
 #[derive(Default)]

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
-use crate::compression::{self, InflateError};
+use crate::compression::codec::{self, InflateError};
 use crate::message::{CloseReason, Message};
 
 /// What a client sent, one complete frame or message at a time.
@@ -316,12 +316,10 @@ impl FrameReader {
     /// A compressed message, inflated within `max_message_size` and checked.
     fn inflated(&self, text: bool, compressed: &[u8]) -> Result<Message, ReadError> {
         let payload =
-            compression::inflate(compressed, self.max_message_size).map_err(
-                |error| match error {
-                    InflateError::TooBig => ReadError::TooBig,
-                    InflateError::Corrupt => ReadError::Corrupt,
-                },
-            )?;
+            codec::inflate(compressed, self.max_message_size).map_err(|error| match error {
+                InflateError::TooBig => ReadError::TooBig,
+                InflateError::Corrupt => ReadError::Corrupt,
+            })?;
         if text && std::str::from_utf8(&payload).is_err() {
             return Err(ReadError::Utf8);
         }

@@ -4,7 +4,7 @@
 //! This is µWebSockets' model. A publisher locks the outbox, appends the shared,
 //! pre-encoded frame and, when the kernel has not refused anything, writes the queue at
 //! once with a non-blocking `writev` (a no-op waker: it never waits). Inside a
-//! [`cork`](crate::cork) the write waits for the end of the round, so every frame a socket
+//! [`cork`](crate::wire::cork) the write waits for the end of the round, so every frame a socket
 //! got in one round leaves in one system call. What the kernel refuses stays queued, and
 //! the connection's own task drives it out as the socket becomes writable.
 //!
@@ -23,9 +23,9 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
-use crate::backpressure::Backpressure;
-use crate::cork;
 use crate::message::{CloseReason, Message};
+use crate::wire::backpressure::Backpressure;
+use crate::wire::cork;
 
 /// How many frames one `writev` carries at most (Linux allows 1024; 64 is where the
 /// measured cost per frame stops falling, see bench/floor).
@@ -293,13 +293,6 @@ impl Outbox {
         self.write_now(state);
     }
 
-    /// The end of a cork's round: writes what the round queued.
-    pub(crate) fn uncork(&self) {
-        let mut state = self.lock();
-        state.corked = false;
-        self.write_now(state);
-    }
-
     /// Writes the queue now unless the kernel is refusing (then the connection's task
     /// owns the writing). A refusal here hands the rest to that task.
     fn write_now(&self, mut state: MutexGuard<'_, State>) {
@@ -396,6 +389,15 @@ impl Outbox {
     pub(crate) fn stalled_since(&self) -> Option<Instant> {
         let state = self.lock();
         if state.refused { state.progress } else { None }
+    }
+}
+
+impl cork::Corked for Outbox {
+    /// The end of a cork's round: writes what the round queued.
+    fn uncork(&self) {
+        let mut state = self.lock();
+        state.corked = false;
+        self.write_now(state);
     }
 }
 

@@ -8,15 +8,16 @@
 //! offset, and only then does the subscriber go live, all under the channel's lock. So
 //! every publication reaches it exactly once and in order, whatever the broker's latency.
 
+pub(crate) mod protocol;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::broker::{Event, History, Publication};
 use crate::compression::Policy;
-use crate::hub::ConnId;
+use crate::id::ConnId;
 use crate::message::Message;
-use crate::outbox::Outbox;
-use crate::protocol;
+use crate::wire::outbox::Outbox;
 
 /// Registry shards, by a hash of the channel name.
 const SHARDS: usize = 16;

@@ -27,8 +27,8 @@ use tower::ServiceExt;
 
 use crate::connection::{self, Socket};
 use crate::http::WS_PATH;
+use crate::http::prefixed::Prefixed;
 use crate::hub::{Hub, Registration};
-use crate::prefixed::Prefixed;
 
 /// Largest request head (request line + headers) accepted; larger → 431.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -126,7 +126,7 @@ struct Shared {
 ///
 /// The hub's WebSocket upgrades are most of what a hub accepts, so we answer them here,
 /// straight from the first read: `httparse` parses the head, the rules of
-/// [`crate::upgrade`] decide, we write the 101 and this task becomes the connection. No HTTP
+/// [`crate::http::upgrade`] decide, we write the 101 and this task becomes the connection. No HTTP
 /// connection state, router, second task or hand-over channel (measured: see BENCHMARKS.md,
 /// "handshakes"). Everything else — other paths, a head that needs more than one read, a
 /// refusal (which deserves its specific status) — goes to hyper and the router with the
@@ -225,7 +225,8 @@ pub(crate) fn answer(
     if !for_hub {
         return None;
     }
-    let (response, registration, request) = crate::upgrade::accept_parsed(&request, hub, remote)?;
+    let (response, registration, request) =
+        crate::http::upgrade::accept_parsed(&request, hub, remote)?;
     Some((response, registration, request, head_len))
 }
 
