@@ -38,6 +38,10 @@ thread_local! {
     /// This round handles a single message and nothing waits in this thread's list:
     /// pushes to others are written at once (see `expect`).
     static WRITE_THROUGH: Cell<bool> = const { Cell::new(false) };
+    /// Rounds that published since this thread's list was last flushed, and as many in
+    /// the last interval between flushes that had any (see `expect`).
+    static PUBLISHED: Cell<u32> = const { Cell::new(0) };
+    static LAST_PUBLISHED: Cell<u32> = const { Cell::new(0) };
     /// This worker calls `flush_corked` when it parks: its list may outlive a round.
     static DEFERRING: Cell<bool> = const { Cell::new(false) };
     /// Rounds since this thread's list was last flushed.
@@ -74,12 +78,19 @@ pub(crate) fn round<T, R>(own: &Arc<T>, poll: impl FnOnce() -> R) -> R {
 }
 
 /// Tells the round how many inbound messages its connection is about to handle. With
-/// one, and nothing waiting in this thread's list, there is nothing to batch with: what it
+/// one there is nothing to batch with inside the round; and when, besides, nothing waits
+/// in this thread's list, no other round has published since the last flush, and the
+/// last interval between flushes had at most one publishing round, none is likely to
+/// join it before the next flush either (light load: each message alone). Then what it
 /// publishes is written at once, so each recipient is touched once (queued now and
-/// written at the end is two visits to 10k outboxes that no longer sit in the cache). The
-/// publisher's own copy still waits for the end of the round.
+/// written at the flush is two visits to 10k outboxes that no longer sit in the cache).
+/// Under load, with several publishing rounds between flushes, the rounds stay corked
+/// and share one write per recipient. The publisher's own copy always waits.
 pub(crate) fn expect(messages: usize) {
-    let through = messages == 1 && CORKED.with(|list| list.borrow().is_empty());
+    let through = messages == 1
+        && PUBLISHED.with(Cell::get) == 0
+        && LAST_PUBLISHED.with(Cell::get) <= 1
+        && CORKED.with(|list| list.borrow().is_empty());
     WRITE_THROUGH.with(|write_through| write_through.set(through));
 }
 
@@ -118,6 +129,8 @@ pub(crate) fn add(outbox: Arc<dyn Corked>) {
 struct Round {
     /// False for a round opened inside another: the outer one flushes.
     outermost: bool,
+    /// `pushes()` when it opened: did it publish?
+    pushes: u64,
 }
 
 impl Round {
@@ -126,7 +139,10 @@ impl Round {
         if outermost {
             WRITE_THROUGH.with(|write_through| write_through.set(false));
         }
-        Round { outermost }
+        Round {
+            outermost,
+            pushes: pushes(),
+        }
     }
 }
 
@@ -137,6 +153,9 @@ impl Drop for Round {
         }
         ACTIVE.with(|active| active.set(false));
         WRITE_THROUGH.with(|write_through| write_through.set(false));
+        if pushes() != self.pushes {
+            PUBLISHED.with(|published| published.set(published.get().saturating_add(1)));
+        }
         if DEFERRING.with(Cell::get) {
             let rounds = ROUNDS.with(|rounds| {
                 rounds.set(rounds.get() + 1);
@@ -153,6 +172,10 @@ impl Drop for Round {
 /// Writes what every outbox in this thread's lists queued, publishers' own last.
 fn flush() {
     ROUNDS.with(|rounds| rounds.set(0));
+    let published = PUBLISHED.with(|published| published.replace(0));
+    if published > 0 {
+        LAST_PUBLISHED.with(|last| last.set(published));
+    }
     uncork_all(&CORKED);
     uncork_all(&LAST);
 }
