@@ -205,7 +205,6 @@ async fn pump(
         // Taken one at a time, by index: an iterator and its item would both sit in
         // this future across the handler's await (160 bytes per connection).
         let mut next = 0;
-        cork::expect(events.len());
         while next < events.len() {
             let event = std::mem::replace(&mut events[next], Inbound::Ping(Bytes::new()));
             next += 1;

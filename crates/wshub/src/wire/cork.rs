@@ -35,13 +35,6 @@ thread_local! {
     static OWN: Cell<usize> = const { Cell::new(0) };
     /// Publishers' own outboxes, written after the others.
     static LAST: RefCell<Vec<Arc<dyn Corked>>> = const { RefCell::new(Vec::new()) };
-    /// This round handles a single message and nothing waits in this thread's list:
-    /// pushes to others are written at once (see `expect`).
-    static WRITE_THROUGH: Cell<bool> = const { Cell::new(false) };
-    /// Rounds that published since this thread's list was last flushed, and as many in
-    /// the last interval between flushes that had any (see `expect`).
-    static PUBLISHED: Cell<u32> = const { Cell::new(0) };
-    static LAST_PUBLISHED: Cell<u32> = const { Cell::new(0) };
     /// This worker calls `flush_corked` when it parks: its list may outlive a round.
     static DEFERRING: Cell<bool> = const { Cell::new(false) };
     /// Rounds since this thread's list was last flushed.
@@ -77,28 +70,9 @@ pub(crate) fn round<T, R>(own: &Arc<T>, poll: impl FnOnce() -> R) -> R {
     result
 }
 
-/// Tells the round how many inbound messages its connection is about to handle. With
-/// one there is nothing to batch with inside the round; and when, besides, nothing waits
-/// in this thread's list, no other round has published since the last flush, and the
-/// last interval between flushes had at most one publishing round, none is likely to
-/// join it before the next flush either (light load: each message alone). Then what it
-/// publishes is written at once, so each recipient is touched once (queued now and
-/// written at the flush is two visits to 10k outboxes that no longer sit in the cache).
-/// Under load, with several publishing rounds between flushes, the rounds stay corked
-/// and share one write per recipient. The publisher's own copy always waits.
-pub(crate) fn expect(messages: usize) {
-    let through = messages == 1
-        && PUBLISHED.with(Cell::get) == 0
-        && LAST_PUBLISHED.with(Cell::get) <= 1
-        && CORKED.with(|list| list.borrow().is_empty());
-    WRITE_THROUGH.with(|write_through| write_through.set(through));
-}
-
-/// True if a push to `outbox` waits for the end of the round; false: write it now.
-pub(crate) fn defers<T: ?Sized>(outbox: &Arc<T>) -> bool {
+/// True inside a round: pushes queue now and are written when it ends.
+pub(crate) fn is_active() -> bool {
     ACTIVE.with(Cell::get)
-        && (!WRITE_THROUGH.with(Cell::get)
-            || Arc::as_ptr(outbox).cast::<()>() as usize == OWN.with(Cell::get))
 }
 
 /// On a deferring worker, the list is flushed at the latest after this many rounds, so a
@@ -129,19 +103,12 @@ pub(crate) fn add(outbox: Arc<dyn Corked>) {
 struct Round {
     /// False for a round opened inside another: the outer one flushes.
     outermost: bool,
-    /// `pushes()` when it opened: did it publish?
-    pushes: u64,
 }
 
 impl Round {
     fn open() -> Round {
-        let outermost = !ACTIVE.with(|active| active.replace(true));
-        if outermost {
-            WRITE_THROUGH.with(|write_through| write_through.set(false));
-        }
         Round {
-            outermost,
-            pushes: pushes(),
+            outermost: !ACTIVE.with(|active| active.replace(true)),
         }
     }
 }
@@ -152,10 +119,6 @@ impl Drop for Round {
             return;
         }
         ACTIVE.with(|active| active.set(false));
-        WRITE_THROUGH.with(|write_through| write_through.set(false));
-        if pushes() != self.pushes {
-            PUBLISHED.with(|published| published.set(published.get().saturating_add(1)));
-        }
         if DEFERRING.with(Cell::get) {
             let rounds = ROUNDS.with(|rounds| {
                 rounds.set(rounds.get() + 1);
@@ -172,10 +135,6 @@ impl Drop for Round {
 /// Writes what every outbox in this thread's lists queued, publishers' own last.
 fn flush() {
     ROUNDS.with(|rounds| rounds.set(0));
-    let published = PUBLISHED.with(|published| published.replace(0));
-    if published > 0 {
-        LAST_PUBLISHED.with(|last| last.set(published));
-    }
     uncork_all(&CORKED);
     uncork_all(&LAST);
 }

@@ -242,10 +242,10 @@ impl Outbox {
         let mut written = 0;
         if let (false, true, Some(Writer::Tcp(_))) =
             (state.refused, state.queue.is_empty(), &state.writer)
-            && !cork::defers(self)
+            && !cork::is_active()
         {
-            // Nothing waits before it and nothing will join it: the frame goes straight
-            // from its shared buffer, and the outbox is touched once (no queue entry).
+            // Outside a round with nothing queued: the frame goes straight from its shared
+            // buffer, and the outbox is touched once (no queue entry).
             if let Some(writer) = state.writer.as_mut()
                 && let Poll::Ready(Ok(n)) = writer.poll_write(None, &[IoSlice::new(message.wire())])
             {
@@ -264,7 +264,7 @@ impl Outbox {
         if state.refused {
             return Ok(()); // the connection's task is driving the queue
         }
-        if cork::defers(self) && state.queue.len() < FRAMES_PER_WRITE {
+        if cork::is_active() && state.queue.len() < FRAMES_PER_WRITE {
             if !state.corked {
                 state.corked = true;
                 drop(state);
