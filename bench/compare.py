@@ -244,7 +244,7 @@ def figures(result):
             out.append(("RSS/conn", server["bytes_per_conn"] / 1000, False, "{:.1f} KB"))
         out.append(("time to open", result.get("time_to_open_s"), False, "{:.2f} s"))
         # Handshakes accepted per second of server CPU while the connections opened
-        # (CPU time has 10 ms resolution: meaningful from a few thousand connections).
+        # (from schedstat, ns resolution; still meaningful only from a few thousand connections).
         if server.get("open_cpu_s") and result.get("opened", 0) >= 5000:
             out.append(("handshakes/CPU-s", result["opened"] / server["open_cpu_s"], True, "{:,.0f}"))
     elif scenario == "fanout":

@@ -202,6 +202,9 @@ struct CpuSample {
     me: f64,
     workers: Vec<f64>,
     server: Option<f64>,
+    /// The server's CPU time in ns resolution (schedstat), for short phases such as the
+    /// opening of the connections, which /proc/PID/stat's 10 ms ticks cannot resolve.
+    server_fine: Option<f64>,
     machine: f64,
 }
 
@@ -216,8 +219,19 @@ impl CpuSample {
                 .map(|&pid| sys::cpu_seconds(Some(pid)).unwrap_or(0.0))
                 .collect(),
             server: server.and_then(|pid| sys::cpu_seconds(Some(pid))),
+            server_fine: server.and_then(|pid| sys::cpu_seconds_fine(Some(pid))),
             machine: sys::machine_busy_seconds().unwrap_or(0.0),
         }
+    }
+}
+
+/// The server's CPU seconds between two samples: from schedstat (ns) when both have it and
+/// it moved forward (a thread that exited in between takes its time with it), else from
+/// /proc/PID/stat's ticks.
+fn phase_cpu(from: &CpuSample, to: &CpuSample) -> f64 {
+    match (from.server_fine, to.server_fine) {
+        (Some(a), Some(b)) if b > a => b - a,
+        _ => to.server.unwrap_or(0.0) - from.server.unwrap_or(0.0),
     }
 }
 
@@ -526,7 +540,7 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
             } else {
                 0.0
             },
-            open_cpu_s: opened_sample.server.unwrap_or(0.0) - start.server.unwrap_or(0.0),
+            open_cpu_s: phase_cpu(&start, &opened_sample),
         }),
         _ => None,
     };
