@@ -239,27 +239,7 @@ impl Outbox {
             }
         }
         cork::count_push();
-        let mut written = 0;
-        if let (false, true, Some(Writer::Tcp(_))) =
-            (state.refused, state.queue.is_empty(), &state.writer)
-            && !cork::is_active()
-        {
-            // Outside a round with nothing queued: the frame goes straight from its shared
-            // buffer, and the outbox is touched once (no queue entry).
-            if let Some(writer) = state.writer.as_mut()
-                && let Poll::Ready(Ok(n)) = writer.poll_write(None, &[IoSlice::new(message.wire())])
-            {
-                if n == message.wire().len() {
-                    return Ok(());
-                }
-                // The kernel took part of it: the rest is queued, and refused below.
-                written = n;
-            }
-        }
-        if written > 0 {
-            state.written = written; // of this frame, now the queue's front
-        }
-        state.bytes += message.wire().len() - written;
+        state.bytes += message.wire().len();
         state.queue.push_back(message);
         if state.refused {
             return Ok(()); // the connection's task is driving the queue
