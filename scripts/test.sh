@@ -21,6 +21,27 @@ step "toolchain"
 cargo --version
 rustc --version
 
+step "services the tests start (Debian's redis-server and nginx)"
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+    # The packages start their own services; the tests start theirs on free ports.
+    for service in "${missing[@]}"; do
+      systemctl disable --now "$service" >/dev/null 2>&1 || service "$service" stop >/dev/null 2>&1 || true
+    done
+  else
+    echo "error: missing ${missing[*]}: apt-get install ${missing[*]} (as root)" >&2
+    exit 1
+  fi
+fi
+redis-server --version
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

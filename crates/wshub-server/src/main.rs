@@ -13,6 +13,7 @@ use wshub_server::{settings, sinks};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Arg, ArgAction, ArgMatches, Command};
@@ -156,6 +157,72 @@ struct Plan {
     site: Site,
     sink: Sink,
     bind: String,
+    broker: BrokerPlan,
+}
+
+/// Where channels live (`broker`).
+enum BrokerPlan {
+    Memory,
+    Redis(wshub::RedisOptions),
+}
+
+/// Checks `broker`, `node_name`, `presence_ttl` and `broker_prefix`.
+fn broker_plan(settings: &Settings, config: &wshub::Config) -> anyhow::Result<BrokerPlan> {
+    let url = settings.text("broker");
+    if url == "memory" {
+        return Ok(BrokerPlan::Memory);
+    }
+    if url.starts_with("redis+cluster://") {
+        anyhow::bail!(
+            "invalid config `broker`: Redis Cluster (`{url}`) is not supported yet; use one Redis (redis://HOST:PORT)"
+        );
+    }
+    anyhow::ensure!(
+        url.starts_with("redis://"),
+        "invalid config `broker`: `{url}` is neither `memory` nor a redis://HOST:PORT[/DB] URL"
+    );
+    let node_name = match settings.optional("node_name") {
+        Some(name) => name.to_owned(),
+        None => default_node_name(),
+    };
+    wshub::check_node_name(&node_name)
+        .map_err(|why| anyhow::anyhow!("invalid config `node_name`: {why}"))?;
+    let presence_ttl = settings.duration("presence_ttl");
+    anyhow::ensure!(
+        presence_ttl >= std::time::Duration::from_millis(300),
+        "invalid config `presence_ttl`: at least 300ms (it is refreshed every third of it)"
+    );
+    let prefix = settings.text("broker_prefix");
+    anyhow::ensure!(
+        !prefix.is_empty()
+            && !prefix
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '{' || c == '}'),
+        "invalid config `broker_prefix`: `{prefix}` must be non-empty, without spaces, control characters or braces"
+    );
+    Ok(BrokerPlan::Redis(wshub::RedisOptions {
+        url: url.to_owned(),
+        node_name,
+        prefix: prefix.to_owned(),
+        presence_ttl,
+        history: wshub::HistoryLimits {
+            size: config.history_size,
+            ttl: config.history_ttl,
+        },
+    }))
+}
+
+/// The host name and the process id: unique on a host, readable in `/api/info`.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .replace(|c: char| c.is_whitespace() || c == '@', "-")
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wshub".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Where inbound messages go (`on_message`).
@@ -191,6 +258,7 @@ fn plan(settings: &Settings) -> anyhow::Result<Plan> {
         _ => Sink::Chat,
     };
     Ok(Plan {
+        broker: broker_plan(settings, &config)?,
         config,
         site: site(settings)?,
         sink,
@@ -217,14 +285,32 @@ async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
         site,
         sink,
         bind,
+        broker,
     } = plan;
+    // Redis must answer before anything listens: a node that cannot reach it would
+    // serve a hub of its own.
+    let broker: Arc<dyn wshub::Broker> = match broker {
+        BrokerPlan::Memory => Arc::new(wshub::MemoryBroker::new(wshub::HistoryLimits {
+            size: config.history_size,
+            ttl: config.history_ttl,
+        })),
+        BrokerPlan::Redis(options) => {
+            let node = options.node_name.clone();
+            let broker = wshub::RedisBroker::connect(options)
+                .await
+                .map_err(|e| Failure::Config(anyhow::anyhow!("invalid config `broker`: {e}")))?;
+            tracing::info!(node, "channels shared through Redis");
+            Arc::new(broker)
+        }
+    };
     let hub = match sink {
-        Sink::Chat => Hub::new(config, Broadcast),
-        Sink::Webhook(webhook) => Hub::new(
+        Sink::Chat => Hub::with_shared_broker(config, Broadcast, broker),
+        Sink::Webhook(webhook) => Hub::with_shared_broker(
             config,
             sinks::Webhook::start(webhook).map_err(Failure::Runtime)?,
+            broker,
         ),
-        Sink::Stdio => Hub::new(config, sinks::Stdio::start())
+        Sink::Stdio => Hub::with_shared_broker(config, sinks::Stdio::start(), broker)
             .inspect(|hub| sinks::Stdio::read_stdin(hub.clone())),
     }
     .map_err(|e| Failure::Config(e.into()))?;

@@ -226,6 +226,30 @@ pub const KEYS: &[Key] = &[
         "How long a publication stays in a channel's history.",
     ),
     key(
+        "broker",
+        Kind::Text,
+        "\"memory\"",
+        "Where channels live: memory (this node alone) or redis://HOST:PORT[/DB] (every node on that Redis is one hub).",
+    ),
+    key(
+        "node_name",
+        Kind::Text,
+        "\"\"",
+        "This node's name among the nodes on one Redis. Empty: host name and process id.",
+    ),
+    key(
+        "presence_ttl",
+        Kind::Duration,
+        "\"60s\"",
+        "With Redis: a presence entry (and a node's report) outlives its node's last refresh by this much; refreshed every third of it.",
+    ),
+    key(
+        "broker_prefix",
+        Kind::Text,
+        "\"wshub\"",
+        "With Redis: every key and channel starts with this, so several hubs can share one Redis.",
+    ),
+    key(
         "max_subscriptions",
         Kind::Count,
         "128",

@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::broker::{Broker, Event, History, HistoryLimits, Member, MemoryBroker, StreamPosition};
+use crate::broker::{
+    Broker, Event, Health, History, HistoryLimits, Member, MemoryBroker, NodeInfo, NodeLink,
+    NodeStats, StreamPosition,
+};
 use crate::channels::Channels;
 use crate::channels::protocol::ProtocolError;
 use crate::compression::{Agreement, Policy};
@@ -127,16 +130,46 @@ impl Hub {
         handler: impl Handler,
         broker: impl Broker,
     ) -> Result<Hub, ConfigError> {
+        Hub::with_shared_broker(config, handler, Arc::new(broker))
+    }
+
+    /// [`Hub::with_broker`] for a broker chosen at run time (`memory` or Redis, say).
+    pub fn with_shared_broker(
+        config: Config,
+        handler: impl Handler,
+        broker: Arc<dyn Broker>,
+    ) -> Result<Hub, ConfigError> {
         config.validate()?;
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
         let compression = Arc::new(Policy::new(config.compression, config.compression_min_size));
         let channels = Arc::new(Channels::new(compression.clone()));
-        let sink = channels.clone();
-        broker.start(Arc::new(move |channel: &str, event: Event| {
-            sink.deliver(channel, event);
-        }));
-        Ok(Hub {
-            inner: Arc::new(Inner {
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
+            let deliver = weak.clone();
+            let stats = weak.clone();
+            broker.start(NodeLink {
+                deliver: Arc::new(move |channel: &str, event: Event| {
+                    let Some(inner) = deliver.upgrade() else {
+                        return;
+                    };
+                    match event {
+                        Event::Broadcast(message) => {
+                            inner.broadcast_here(message);
+                        }
+                        event => {
+                            inner.channels.deliver(channel, event);
+                        }
+                    }
+                }),
+                stats: Arc::new(move || {
+                    stats
+                        .upgrade()
+                        .map_or_else(NodeStats::default, |inner| NodeStats {
+                            connections: inner.live.load(Ordering::Relaxed),
+                            subscriptions: inner.channels.list().iter().map(|(_, n)| n).sum(),
+                        })
+                }),
+            });
+            Inner {
                 config,
                 handler: Arc::new(handler),
                 shards,
@@ -148,9 +181,10 @@ impl Hub {
                 backpressure: Arc::default(),
                 compression,
                 channels,
-                broker: Arc::new(broker),
-            }),
-        })
+                broker,
+            }
+        });
+        Ok(Hub { inner })
     }
 
     pub(crate) fn backpressure(&self) -> &Backpressure {
@@ -199,14 +233,27 @@ impl Hub {
         channel: &str,
         data: &(impl serde::Serialize + ?Sized),
     ) -> Result<StreamPosition, ProtocolError> {
+        self.publish_once(channel, data, None).await
+    }
+
+    /// [`Hub::publish`], once per `idempotency_key`: a retry with the same key for the
+    /// same channel within five minutes publishes nothing and answers the first attempt's
+    /// position. An error (503: the broker is unreachable) means it may not have been
+    /// published; retry with the same key.
+    pub async fn publish_once(
+        &self,
+        channel: &str,
+        data: &(impl serde::Serialize + ?Sized),
+        idempotency_key: Option<&str>,
+    ) -> Result<StreamPosition, ProtocolError> {
         self.check_channel(channel)?;
         let data = serde_json::to_vec(data)
             .map_err(|e| ProtocolError::new(400, format!("data is not JSON: {e}")))?;
         let publication = self
             .broker()
-            .publish(channel, data.into())
+            .publish(channel, data.into(), idempotency_key)
             .await
-            .map_err(|e| ProtocolError::new(500, e.to_string()))?;
+            .map_err(unavailable)?;
         Ok(StreamPosition {
             epoch: publication.epoch,
             offset: publication.offset,
@@ -216,10 +263,7 @@ impl Hub {
     /// Who is subscribed to `channel` (on every node the broker spans).
     pub async fn presence(&self, channel: &str) -> Result<Vec<Member>, ProtocolError> {
         self.check_channel(channel)?;
-        self.broker()
-            .presence(channel)
-            .await
-            .map_err(|e| ProtocolError::new(500, e.to_string()))
+        self.broker().presence(channel).await.map_err(unavailable)
     }
 
     /// The channel's position and retained publications: after `since`, or the newest
@@ -235,7 +279,7 @@ impl Hub {
         self.broker()
             .history(channel, since, limit)
             .await
-            .map_err(|e| ProtocolError::new(500, e.to_string()))
+            .map_err(unavailable)
     }
 
     /// Channels with subscribers on this node, with how many, sorted by name.
@@ -255,7 +299,7 @@ impl Hub {
         if !was {
             return;
         }
-        if let Err(error) = self.broker().leave(channel, Member { conn: id }).await {
+        if let Err(error) = self.broker().leave(channel, Member::local(id)).await {
             tracing::warn!(%error, channel, "presence leave failed");
         }
         if last && let Err(error) = self.broker().unsubscribe(channel).await {
@@ -276,17 +320,32 @@ impl Hub {
     /// each socket is written at once (or at the end of the current round, see `cork`),
     /// and a connection whose kernel buffer and queue are full is evicted with close 1008
     /// "slow consumer".
+    ///
+    /// With a broker that spans several nodes, the message also goes to the other
+    /// nodes' connections (at most once, in no order relative to other nodes'
+    /// broadcasts); the count is this node's.
     pub fn broadcast(&self, message: impl Into<Message>) -> usize {
-        let message = self.inner.compression.prepare(message.into());
-        let mut delivered = 0;
-        for shard in self.inner.shards.iter() {
-            for outbox in lock(shard).values() {
-                if outbox.try_push(message.clone()).is_ok() {
-                    delivered += 1;
-                }
-            }
-        }
-        delivered
+        let message = message.into();
+        self.inner.broker.broadcast(&message);
+        self.inner.broadcast_here(message)
+    }
+
+    /// The broker's view of its engine (`GET /healthz`).
+    pub fn broker_health(&self) -> Health {
+        self.inner.broker.health()
+    }
+
+    /// This node's name and every live node, when the broker spans several
+    /// (`GET /api/info`); on a single node, no name and no list.
+    pub async fn nodes(&self) -> Result<(Option<String>, Vec<NodeInfo>), ProtocolError> {
+        let name = self.inner.broker.node_name().map(str::to_owned);
+        let nodes = self.inner.broker.nodes().await.map_err(unavailable)?;
+        Ok((name, nodes))
+    }
+
+    /// Gaps in the broker's delivery: (filled from history, not fillable).
+    pub fn broker_gaps(&self) -> (u64, u64) {
+        self.inner.broker.gaps()
     }
 
     /// Sends `message` to one connection.
@@ -421,6 +480,27 @@ impl Hub {
             _admission: admission,
         }
     }
+}
+
+impl Inner {
+    /// Sends `message` to every connection of this node.
+    fn broadcast_here(&self, message: Message) -> usize {
+        let message = self.compression.prepare(message);
+        let mut delivered = 0;
+        for shard in self.shards.iter() {
+            for outbox in lock(shard).values() {
+                if outbox.try_push(message.clone()).is_ok() {
+                    delivered += 1;
+                }
+            }
+        }
+        delivered
+    }
+}
+
+/// A broker failure as clients see it: 503, the publication may be retried.
+fn unavailable(error: crate::broker::BrokerError) -> ProtocolError {
+    ProtocolError::new(503, error.to_string())
 }
 
 fn lock(shard: &Shard) -> MutexGuard<'_, HashMap<ConnId, Arc<Outbox>>> {

@@ -66,9 +66,11 @@ mod wire;
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use broker::redis::{RedisBroker, RedisOptions, check_node_name};
 pub use broker::{
-    Broker, BrokerError, BrokerFuture, Deliver, Event, History, HistoryLimits, Member,
-    MemoryBroker, Publication, StreamPosition,
+    Broker, BrokerError, BrokerFuture, Deliver, Event, Health, History, HistoryLimits,
+    IDEMPOTENCY_WINDOW, Member, MemoryBroker, NodeInfo, NodeLink, NodeStats, Publication,
+    StreamPosition,
 };
 pub use channels::protocol::{ProtocolError, SUBPROTOCOL};
 pub use config::{Config, ConfigError, format_duration};

@@ -7,6 +7,8 @@
     clippy::expect_used
 )]
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

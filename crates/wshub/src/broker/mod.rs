@@ -17,15 +17,20 @@
 //! The hub needs nothing more to promise gap-free, duplicate-free recovery: it buffers what
 //! arrives while it reads history and merges the two by offset (see `channels`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod memory;
+pub(crate) mod redis;
+
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::id::ConnId;
+use crate::message::Message;
+
+pub use memory::MemoryBroker;
 
 /// A position in a channel's stream: the publication with this `offset` in this `epoch`
 /// (offset 0: before the first publication).
@@ -49,10 +54,40 @@ pub struct Publication {
 }
 
 /// A connection as presence lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Member {
-    /// The connection.
+    /// The connection, as its node numbers it.
     pub conn: ConnId,
+    /// The node it is on, when the broker spans several (`None` on a single node).
+    pub node: Option<Arc<str>>,
+}
+
+impl Member {
+    /// A connection of this node, before the broker says which node that is.
+    pub fn local(conn: ConnId) -> Member {
+        Member { conn, node: None }
+    }
+
+    /// The id clients see: `17` on a single node, `17@node-a` across nodes, so ids of
+    /// different nodes never collide.
+    pub fn key(&self) -> String {
+        match &self.node {
+            Some(node) => format!("{}@{node}", self.conn),
+            None => self.conn.to_string(),
+        }
+    }
+
+    /// Reads back what [`Member::key`] wrote.
+    pub fn from_key(key: &str) -> Option<Member> {
+        let (conn, node) = match key.split_once('@') {
+            Some((conn, node)) => (conn, Some(Arc::from(node))),
+            None => (key, None),
+        };
+        Some(Member {
+            conn: ConnId(conn.parse::<u64>().ok()?),
+            node,
+        })
+    }
 }
 
 /// What a broker hands back to the hub for delivery.
@@ -64,6 +99,13 @@ pub enum Event {
     Join(Member),
     /// Someone left the channel.
     Leave(Member),
+    /// Publications of the channel were lost on the way to this node and could not be
+    /// read back from history (trimmed, expired, a new epoch): subscribers must reload
+    /// their state; the stream carries on after this position.
+    Resync(StreamPosition),
+    /// A raw-mode broadcast from another node (delivered to every raw connection here;
+    /// the channel name is empty).
+    Broadcast(Message),
 }
 
 /// Where a broker delivers the events of the channels the node is subscribed to.
@@ -82,7 +124,8 @@ pub struct History {
     pub recovered: bool,
 }
 
-/// A broker failure (a remote engine unreachable, say); the hub reports it as code 500.
+/// A broker failure (a remote engine unreachable, say); the hub reports it as code 503
+/// (HTTP 503 on the API): the publication may not have been made, and may be retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerError(pub String);
 
@@ -97,12 +140,77 @@ impl std::error::Error for BrokerError {}
 /// The future every broker call returns.
 pub type BrokerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send + 'a>>;
 
+/// How much history a [`MemoryBroker`] keeps per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Publications kept per channel (0: none, so nothing can be recovered).
+    pub size: usize,
+    /// How long a publication is kept; a stream with no publication for this long and no
+    /// subscriber is forgotten (its next publication starts a new epoch).
+    pub ttl: Duration,
+}
+
+/// What this node reports about itself to the others (`GET /api/info`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Open connections.
+    pub connections: usize,
+    /// Channel subscriptions of those connections.
+    pub subscriptions: usize,
+}
+
+/// A node as the broker last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Its `node_name`.
+    pub name: String,
+    /// What it last reported.
+    pub stats: NodeStats,
+    /// When, in seconds since the Unix epoch.
+    pub last_seen: u64,
+}
+
+/// What the hub hands its broker when it starts: where events go, and what the node
+/// reports about itself.
+#[derive(Clone)]
+pub struct NodeLink {
+    /// Delivery of the events of the channels this node is subscribed to.
+    pub deliver: Deliver,
+    /// This node's counts, read whenever the broker reports them.
+    pub stats: Arc<dyn Fn() -> NodeStats + Send + Sync>,
+}
+
+impl std::fmt::Debug for NodeLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeLink").finish_non_exhaustive()
+    }
+}
+
+/// Whether the broker can reach what it depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Working.
+    Ok,
+    /// Not reaching its engine: the node serves its own clients, publications fail.
+    Degraded(String),
+}
+
+/// How long an `idempotency_key` is remembered.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
+
 /// The seam between the hub and the engine that orders, keeps and spreads publications.
 pub trait Broker: Send + Sync + 'static {
     /// Called once by the hub before anything else: where events are to be delivered.
-    fn start(&self, deliver: Deliver);
+    fn start(&self, link: NodeLink);
     /// Appends `data` to `channel`'s stream and delivers it to every node subscribed.
-    fn publish<'a>(&'a self, channel: &'a str, data: Bytes) -> BrokerFuture<'a, Publication>;
+    /// With an `idempotency_key` seen for this channel within [`IDEMPOTENCY_WINDOW`], it
+    /// publishes nothing and answers the first attempt's publication.
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        data: Bytes,
+        idempotency_key: Option<&'a str>,
+    ) -> BrokerFuture<'a, Publication>;
     /// The stream's position and, with `since`, the retained publications after it
     /// (at most `limit` of the newest when `since` is `None` and `limit` is set).
     fn history<'a>(
@@ -121,274 +229,24 @@ pub trait Broker: Send + Sync + 'static {
     fn leave<'a>(&'a self, channel: &'a str, member: Member) -> BrokerFuture<'a, ()>;
     /// Who is in the channel.
     fn presence<'a>(&'a self, channel: &'a str) -> BrokerFuture<'a, Vec<Member>>;
-}
-
-/// How much history a [`MemoryBroker`] keeps per channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryLimits {
-    /// Publications kept per channel (0: none, so nothing can be recovered).
-    pub size: usize,
-    /// How long a publication is kept; a stream with no publication for this long and no
-    /// subscriber is forgotten (its next publication starts a new epoch).
-    pub ttl: Duration,
-}
-
-/// The single-node broker: streams, history and presence in this process's memory. A
-/// restart loses them, which the new epoch tells every client.
-pub struct MemoryBroker {
-    limits: HistoryLimits,
-    deliver: std::sync::OnceLock<Deliver>,
-    /// Streams sharded by channel name: publishers to different channels rarely share a
-    /// lock, and a publication is delivered under its shard's lock (offset order).
-    streams: Box<[Mutex<Streams>]>,
-    /// Members per channel, by connection (ordered, so lists come out stable).
-    presence: Mutex<HashMap<Arc<str>, BTreeMap<ConnId, Member>>>,
-}
-
-/// Stream shards.
-const SHARDS: usize = 16;
-
-/// The streams of one shard, and when expired ones were last swept out.
-struct Streams {
-    by_channel: HashMap<Arc<str>, Stream>,
-    last_sweep: Instant,
-}
-
-/// One channel's stream.
-struct Stream {
-    epoch: Arc<str>,
-    offset: u64,
-    /// (publication, when it was published), oldest first.
-    kept: VecDeque<(Publication, Instant)>,
-    last_publish: Instant,
-}
-
-impl Stream {
-    fn new(now: Instant) -> Stream {
-        Stream {
-            epoch: new_epoch(),
-            offset: 0,
-            kept: VecDeque::new(),
-            last_publish: now,
-        }
+    /// Hands a raw-mode broadcast to the other nodes (they deliver it as
+    /// [`Event::Broadcast`]); this node has delivered it already. Never waits.
+    fn broadcast(&self, _message: &Message) {}
+    /// Whether the broker reaches its engine.
+    fn health(&self) -> Health {
+        Health::Ok
     }
-
-    /// Drops publications older than `ttl`; returns whether the stream itself is
-    /// forgotten: nothing kept and nothing published for `ttl`. (A stream never
-    /// published to is kept: it has lost nothing, so its epoch stays valid.)
-    fn expire(&mut self, now: Instant, ttl: Duration) -> bool {
-        while self
-            .kept
-            .front()
-            .is_some_and(|(_, at)| now.duration_since(*at) >= ttl)
-        {
-            self.kept.pop_front();
-        }
-        self.offset > 0 && self.kept.is_empty() && now.duration_since(self.last_publish) >= ttl
+    /// This node's name, when the broker spans several.
+    fn node_name(&self) -> Option<&str> {
+        None
     }
-}
-
-impl Streams {
-    /// The channel's live stream, created (with a new epoch) if it has none or its history
-    /// is gone. Expired streams of the shard are swept out at most once a second.
-    fn current(&mut self, channel: &str, now: Instant, ttl: Duration) -> &mut Stream {
-        if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
-            self.last_sweep = now;
-            self.by_channel.retain(|_, stream| !stream.expire(now, ttl));
-        }
-        if self
-            .by_channel
-            .get_mut(channel)
-            .is_some_and(|stream| stream.expire(now, ttl))
-        {
-            self.by_channel.remove(channel);
-        }
-        self.by_channel
-            .entry(channel.into())
-            .or_insert_with(|| Stream::new(now))
+    /// Every live node and what it last reported (empty on a single node).
+    fn nodes(&self) -> BrokerFuture<'_, Vec<NodeInfo>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
     }
-}
-
-impl std::fmt::Debug for MemoryBroker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryBroker")
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
-}
-
-impl MemoryBroker {
-    /// A broker keeping `limits` of history per channel.
-    pub fn new(limits: HistoryLimits) -> MemoryBroker {
-        MemoryBroker {
-            limits,
-            deliver: std::sync::OnceLock::new(),
-            streams: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Streams {
-                        by_channel: HashMap::new(),
-                        last_sweep: Instant::now(),
-                    })
-                })
-                .collect(),
-            presence: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn deliver(&self, channel: &str, event: Event) {
-        if let Some(deliver) = self.deliver.get() {
-            deliver(channel, event);
-        }
-    }
-
-    fn shard(&self, channel: &str) -> &Mutex<Streams> {
-        use std::hash::BuildHasher;
-        let hash =
-            std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                .hash_one(channel);
-        &self.streams[(hash as usize) % SHARDS]
-    }
-}
-
-/// A fresh epoch: unique across restarts of this process (time) and within it (counter).
-fn new_epoch() -> Arc<str> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{:x}", nanos ^ n.rotate_left(40)).into()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl Broker for MemoryBroker {
-    fn start(&self, deliver: Deliver) {
-        let _ = self.deliver.set(deliver);
-    }
-
-    fn publish<'a>(&'a self, channel: &'a str, data: Bytes) -> BrokerFuture<'a, Publication> {
-        let now = Instant::now();
-        let mut streams = lock(self.shard(channel));
-        let stream = streams.current(channel, now, self.limits.ttl);
-        stream.offset += 1;
-        stream.last_publish = now;
-        let publication = Publication {
-            offset: stream.offset,
-            epoch: stream.epoch.clone(),
-            data,
-        };
-        if self.limits.size > 0 {
-            while stream.kept.len() >= self.limits.size {
-                stream.kept.pop_front();
-            }
-            stream.kept.push_back((publication.clone(), now));
-        }
-        // Delivered under the streams lock: concurrent publishers to one channel reach the
-        // hub in offset order.
-        self.deliver(channel, Event::Publication(publication.clone()));
-        drop(streams);
-        Box::pin(std::future::ready(Ok(publication)))
-    }
-
-    fn history<'a>(
-        &'a self,
-        channel: &'a str,
-        since: Option<StreamPosition>,
-        limit: Option<usize>,
-    ) -> BrokerFuture<'a, History> {
-        let now = Instant::now();
-        let mut streams = lock(self.shard(channel));
-        // A channel nobody has published to yet still has a position (offset 0) and an
-        // epoch, so its first subscriber can recover from it later.
-        let stream = streams.current(channel, now, self.limits.ttl);
-        let position = StreamPosition {
-            epoch: stream.epoch.clone(),
-            offset: stream.offset,
-        };
-        let history = match since {
-            Some(since) => {
-                let oldest = stream
-                    .kept
-                    .front()
-                    .map_or(stream.offset + 1, |(p, _)| p.offset);
-                let recovered = since.epoch == stream.epoch
-                    && since.offset <= stream.offset
-                    && since.offset + 1 >= oldest;
-                let publications = if recovered {
-                    stream
-                        .kept
-                        .iter()
-                        .filter(|(p, _)| p.offset > since.offset)
-                        .map(|(p, _)| p.clone())
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                History {
-                    position,
-                    publications,
-                    recovered,
-                }
-            }
-            None => {
-                let take = limit.unwrap_or(0).min(stream.kept.len());
-                History {
-                    position,
-                    publications: stream
-                        .kept
-                        .iter()
-                        .skip(stream.kept.len() - take)
-                        .map(|(p, _)| p.clone())
-                        .collect(),
-                    recovered: true,
-                }
-            }
-        };
-        Box::pin(std::future::ready(Ok(history)))
-    }
-
-    fn subscribe<'a>(&'a self, _channel: &'a str) -> BrokerFuture<'a, ()> {
-        // One node: every publication is delivered here anyway.
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn unsubscribe<'a>(&'a self, _channel: &'a str) -> BrokerFuture<'a, ()> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn join<'a>(&'a self, channel: &'a str, member: Member) -> BrokerFuture<'a, ()> {
-        lock(&self.presence)
-            .entry(channel.into())
-            .or_default()
-            .insert(member.conn, member.clone());
-        self.deliver(channel, Event::Join(member));
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn leave<'a>(&'a self, channel: &'a str, member: Member) -> BrokerFuture<'a, ()> {
-        let mut presence = lock(&self.presence);
-        if let Some(members) = presence.get_mut(channel) {
-            members.remove(&member.conn);
-            if members.is_empty() {
-                presence.remove(channel);
-            }
-        }
-        drop(presence);
-        self.deliver(channel, Event::Leave(member));
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn presence<'a>(&'a self, channel: &'a str) -> BrokerFuture<'a, Vec<Member>> {
-        let members = lock(&self.presence)
-            .get(channel)
-            .map(|members| members.values().cloned().collect())
-            .unwrap_or_default();
-        Box::pin(std::future::ready(Ok(members)))
+    /// Counters of the broker's gap repair: (gaps filled from history, gaps history could
+    /// not fill).
+    fn gaps(&self) -> (u64, u64) {
+        (0, 0)
     }
 }

@@ -207,6 +207,17 @@ impl Channels {
                 }
                 delivered = entry.len();
             }
+            Event::Resync(position) => {
+                let frame = self
+                    .compression
+                    .prepare(protocol::resync(channel, &position));
+                for live in &entry.live {
+                    push_or_evict(&live.outbox, frame.clone());
+                }
+                delivered = entry.live.len();
+            }
+            // Raw broadcasts are the hub's, not a channel's.
+            Event::Broadcast(_) => {}
             Event::Join(ref member) | Event::Leave(ref member) => {
                 let kind = if matches!(event, Event::Join(_)) {
                     "join"

@@ -153,9 +153,20 @@ pub(crate) fn push(channel: &str, publication: &Publication) -> Message {
 /// A join or leave event frame.
 pub(crate) fn presence_event(channel: &str, kind: &str, member: &Member) -> Message {
     Message::text(format!(
-        r#"{{"channel":{},"{kind}":{{"conn":"{}"}}}}"#,
+        r#"{{"channel":{},"{kind}":{{"conn":{}}}}}"#,
         json_string(channel),
-        member.conn
+        json_string(&member.key())
+    ))
+}
+
+/// The push telling subscribers that publications before `position` were lost on the way
+/// and cannot be recovered: reload the state; the next publication follows `position`.
+pub(crate) fn resync(channel: &str, position: &StreamPosition) -> Message {
+    Message::text(format!(
+        r#"{{"channel":{},"resync":{{"epoch":{},"offset":{}}}}}"#,
+        json_string(channel),
+        json_string(&position.epoch),
+        position.offset
     ))
 }
 
@@ -176,7 +187,7 @@ pub(crate) fn publications(channel: &str, history: &History) -> String {
 pub(crate) fn members(members: &[Member]) -> String {
     let list: Vec<String> = members
         .iter()
-        .map(|m| format!(r#"{{"conn":"{}"}}"#, m.conn))
+        .map(|m| format!(r#"{{"conn":{}}}"#, json_string(&m.key())))
         .collect();
     format!(
         r#"{{"count":{},"members":[{}]}}"#,

@@ -168,7 +168,7 @@ impl Session {
             Ok(history) => history,
             Err(error) => {
                 channels.remove(channel, registration.id);
-                return Err(ProtocolError::new(500, error.to_string()));
+                return Err(ProtocolError::new(503, error.to_string()));
             }
         };
         let extra = if asked {
@@ -183,9 +183,7 @@ impl Session {
         let reply = protocol::reply(id, &protocol::position(&history.position, &extra));
         channels.go_live(channel, registration.id, &history, reply);
         self.subscriptions.insert(channel.into());
-        let member = Member {
-            conn: registration.id,
-        };
+        let member = Member::local(registration.id);
         if let Err(error) = broker.join(channel, member).await {
             tracing::warn!(%error, channel, "presence join failed");
         }

@@ -75,7 +75,8 @@ pub fn router(hub: Hub, site: Site) -> Router {
             "/wshub.d.ts",
             Asset::route(CLIENT_DTS, "application/typescript; charset=utf-8"),
         )
-        .route(WS_PATH, hub.endpoint());
+        .route(WS_PATH, hub.endpoint())
+        .route("/healthz", get(healthz).with_state(hub.clone()));
     if let Some(dir) = site.static_dir {
         router = router.nest_service("/static", static_files(dir));
     }
@@ -95,6 +96,7 @@ pub fn router(hub: Hub, site: Site) -> Router {
                     .layer(DefaultBodyLimit::max(site.api_max_body_size)),
             )
             .route("/api/channels", get(api_channels).with_state(api.clone()))
+            .route("/api/info", get(api_info).with_state(api.clone()))
             .route("/api/stats", get(api_stats).with_state(api));
     }
     router.fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
@@ -253,17 +255,37 @@ async fn api_publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Byte
     struct Publish {
         channel: String,
         data: Box<serde_json::value::RawValue>,
+        #[serde(default)]
+        idempotency_key: Option<String>,
     }
     let request: Publish = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(error) => {
             return json_error(
                 StatusCode::BAD_REQUEST,
-                &format!("expected {{\"channel\": \"…\", \"data\": …}}: {error}"),
+                &format!(
+                    "expected {{\"channel\": \"…\", \"data\": …, \"idempotency_key\": \"…\" (optional)}}: {error}"
+                ),
             );
         }
     };
-    match api.hub.publish(&request.channel, &*request.data).await {
+    if let Some(key) = &request.idempotency_key
+        && (key.is_empty() || key.len() > 255)
+    {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "`idempotency_key` must be 1 to 255 bytes",
+        );
+    }
+    let published = api
+        .hub
+        .publish_once(
+            &request.channel,
+            &*request.data,
+            request.idempotency_key.as_deref(),
+        )
+        .await;
+    match published {
         Ok(position) => axum::Json(serde_json::json!({
             "epoch": &*position.epoch,
             "offset": position.offset,
@@ -274,6 +296,62 @@ async fn api_publish(State(api): State<Arc<Api>>, headers: HeaderMap, body: Byte
             &error.message,
         ),
     }
+}
+
+/// `GET /healthz` (no key): `{"status": "ok"}`, or `{"status": "degraded", "broker":
+/// "<why>"}` while the broker cannot reach its engine; 200 either way, because the node
+/// still serves its own clients.
+async fn healthz(State(hub): State<Hub>) -> Response {
+    match hub.broker_health() {
+        crate::broker::Health::Ok => axum::Json(serde_json::json!({ "status": "ok" })),
+        crate::broker::Health::Degraded(why) => {
+            axum::Json(serde_json::json!({ "status": "degraded", "broker": why }))
+        }
+    }
+    .into_response()
+}
+
+/// `GET /api/info`: `{"node": NAME, "nodes": [{"name", "connections", "subscriptions",
+/// "last_seen"}], "gaps": {"filled", "unfillable"}}`; on a single node `node` is null and
+/// `nodes` lists this one.
+async fn api_info(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Err(why) = authorize(&headers, &api.key) {
+        return unauthorized(why);
+    }
+    let (name, nodes) = match api.hub.nodes().await {
+        Ok(nodes) => nodes,
+        Err(error) => return json_error(StatusCode::SERVICE_UNAVAILABLE, &error.message),
+    };
+    let nodes: Vec<_> = if name.is_none() {
+        let subscriptions: usize = api.hub.channels().iter().map(|(_, n)| n).sum();
+        vec![serde_json::json!({
+            "name": null,
+            "connections": api.hub.connection_count(),
+            "subscriptions": subscriptions,
+            "last_seen": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        })]
+    } else {
+        nodes
+            .iter()
+            .map(|node| {
+                serde_json::json!({
+                    "name": node.name,
+                    "connections": node.stats.connections,
+                    "subscriptions": node.stats.subscriptions,
+                    "last_seen": node.last_seen,
+                })
+            })
+            .collect()
+    };
+    let (filled, unfillable) = api.hub.broker_gaps();
+    axum::Json(serde_json::json!({
+        "node": name,
+        "nodes": nodes,
+        "gaps": { "filled": filled, "unfillable": unfillable },
+    }))
+    .into_response()
 }
 
 /// `GET /api/channels`: `{"channels": [{"name", "subscribers"}]}`, channels with
