@@ -156,6 +156,27 @@ test("resync when the server cannot recover, then carries on in the new epoch", 
   client.close();
 });
 
+test("a resync push (a gap the server could not fill) moves the position and emits resync", async () => {
+  const { client, socket } = setup();
+  const sub = client.subscribe("room");
+  const events = [];
+  sub.on("publication", (p) => events.push(`pub ${p.epoch}/${p.offset}`));
+  sub.on("resync", (r) => events.push(`resync ${r.epoch}/${r.offset}`));
+  client.connect();
+  socket().open();
+  socket().reply(socket().last("subscribe"), { epoch: "e1", offset: 2 });
+  socket().frame(pub(3));
+  socket().frame({ channel: "room", resync: { epoch: "e1", offset: 8 } });
+  socket().frame(pub(7)); // covered by the resync: skipped
+  socket().frame(pub(9));
+  socket().frame({ channel: "room", resync: { epoch: "e1", offset: 9 } }); // nothing new: ignored
+  socket().frame({ channel: "room", resync: { epoch: "e2", offset: 0 } }); // a new epoch from its start
+  socket().frame(pub(1, "e2"));
+  assert.deepEqual(events, ["pub e1/3", "resync e1/8", "pub e1/9", "resync e2/0", "pub e2/1"]);
+  assert.deepEqual([sub.epoch, sub.offset], ["e2", 1]);
+  client.close();
+});
+
 test("commands resolve by id, errors reject with the code, a drop rejects with code 0", async () => {
   const { client, socket } = setup();
   client.connect();

@@ -40,7 +40,8 @@
 // subscribe reply), so what was published meanwhile arrives in order; a publication whose
 // offset is not above the last one delivered is skipped, so none arrives twice. If the
 // server could not recover (another epoch, or a gap older than its history), the
-// subscription emits `resync` and carries on from the new position.
+// subscription emits `resync` and carries on from the new position. So does a `resync`
+// push: publications the server lost on the way (a gap its history could not fill).
 //
 // Events of a subscription, in order after each subscribe reply: `subscribed`
 // ({epoch, offset, recovered}), then `resync` ({epoch, offset}) if recovery was asked and
@@ -130,6 +131,14 @@ export class Subscription extends Emitter {
     else this._early?.push(publication);
   }
   _deliver(publication) {
+    if (publication.resync) {
+      // The server lost publications up to here: reload the state, carry on after it.
+      const { epoch, offset } = publication.resync;
+      if (epoch === this.epoch && offset <= this.offset) return;
+      this.epoch = epoch;
+      this.offset = offset;
+      return this._emit("resync", { epoch, offset });
+    }
     const { epoch, offset } = publication;
     if (epoch !== this.epoch) {
       // A new life of the stream: nothing is lost if it starts at 1.

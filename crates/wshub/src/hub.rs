@@ -151,14 +151,14 @@ impl Hub {
                     let Some(inner) = deliver.upgrade() else {
                         return;
                     };
-                    match event {
+                    crate::wire::cork::batch(|| match event {
                         Event::Broadcast(message) => {
                             inner.broadcast_here(message);
                         }
                         event => {
                             inner.channels.deliver(channel, event);
                         }
-                    }
+                    });
                 }),
                 stats: Arc::new(move || {
                     stats

@@ -70,6 +70,14 @@ pub(crate) fn round<T, R>(own: &Arc<T>, poll: impl FnOnce() -> R) -> R {
     result
 }
 
+/// Runs `deliver` as a round of its own, for deliveries that come from no connection
+/// (a broker's messages from other nodes): a burst of them handled in one poll leaves
+/// in one write per recipient, as a client's burst does.
+pub(crate) fn batch<R>(deliver: impl FnOnce() -> R) -> R {
+    let _round = Round::open();
+    deliver()
+}
+
 /// True inside a round: pushes queue now and are written when it ends.
 pub(crate) fn is_active() -> bool {
     ACTIVE.with(Cell::get)
