@@ -172,14 +172,9 @@ fn broker_plan(settings: &Settings, config: &wshub::Config) -> anyhow::Result<Br
     if url == "memory" {
         return Ok(BrokerPlan::Memory);
     }
-    if url.starts_with("redis+cluster://") {
-        anyhow::bail!(
-            "invalid config `broker`: Redis Cluster (`{url}`) is not supported yet; use one Redis (redis://HOST:PORT)"
-        );
-    }
     anyhow::ensure!(
-        url.starts_with("redis://"),
-        "invalid config `broker`: `{url}` is neither `memory` nor a redis://HOST:PORT[/DB] URL"
+        url.starts_with("redis://") || url.starts_with("redis+cluster://"),
+        "invalid config `broker`: `{url}` is neither `memory`, a redis://HOST:PORT[/DB] URL nor redis+cluster://HOST:PORT[,HOST:PORT...]"
     );
     let node_name = match settings.optional("node_name") {
         Some(name) => name.to_owned(),

@@ -229,7 +229,7 @@ pub const KEYS: &[Key] = &[
         "broker",
         Kind::Text,
         "\"memory\"",
-        "Where channels live: memory (this node alone) or redis://HOST:PORT[/DB] (every node on that Redis is one hub).",
+        "Where channels live: memory (this node alone), redis://HOST:PORT[/DB] (every node on that Redis is one hub) or redis+cluster://HOST:PORT[,HOST:PORT...] (a Redis Cluster, sharded pub/sub).",
     ),
     key(
         "node_name",

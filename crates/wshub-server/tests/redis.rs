@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::redis::{Redis, V1, offsets};
+use common::redis::{Cluster, Redis, V1, offsets};
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -19,10 +19,13 @@ const KEY: &str = "redis-test-key";
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn node(redis: &Redis, name: &str, extra: &[&str]) -> Server {
-    let url = redis.url();
+    node_at(&redis.url(), name, extra)
+}
+
+fn node_at(url: &str, name: &str, extra: &[&str]) -> Server {
     let mut args = vec![
         "--broker",
-        &url,
+        url,
         "--node-name",
         name,
         "--api-key",
@@ -82,40 +85,69 @@ fn assert_exactly(offsets: &[u64], expected: std::ops::RangeInclusive<u64>, who:
 async fn three_nodes_are_one_hub() {
     let _serial = SERIAL.lock().await;
     let redis = Redis::start();
+    one_hub(&redis.url(), &["room"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_are_one_hub_on_a_redis_cluster() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start();
+    // Channels on every shard: their keys and sharded pub/sub channel follow `{name}`.
+    let names: Vec<String> = (0..6).map(|i| format!("room-{i}")).collect();
+    let mut shards: Vec<usize> = names.iter().map(|n| cluster.shard_of(n)).collect();
+    shards.sort();
+    shards.dedup();
+    assert_eq!(
+        shards,
+        [0, 1, 2],
+        "the channels spread over the three shards"
+    );
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    one_hub(&cluster.url(), &names).await;
+}
+
+/// Three nodes on `url`, two subscribers of every channel on each: publications from node
+/// A's API and from a client on B reach all of them exactly once, in order.
+async fn one_hub(url: &str, channels: &[&str]) {
     let nodes = [
-        node(&redis, "a", &[]),
-        node(&redis, "b", &[]),
-        node(&redis, "c", &[]),
+        node_at(url, "a", &[]),
+        node_at(url, "b", &[]),
+        node_at(url, "c", &[]),
     ];
     let mut subscribers = Vec::new();
     for server in &nodes {
         for _ in 0..2 {
             let mut client = V1::connect(&server.url()).await;
-            client.subscribe("room").await;
+            for channel in channels {
+                client.subscribe(channel).await;
+            }
             subscribers.push(client);
         }
     }
-    // Publications from node A's API and from a client on node B, interleaved.
     let mut publisher = V1::connect(&nodes[1].url()).await;
     for i in 0..10 {
-        let (status, _) = publish(
-            nodes[0].addr,
-            json!({"channel": "room", "data": {"api": i}}),
-        )
-        .await;
-        assert_eq!(status, 200);
-        let reply = publisher
-            .call(json!({"cmd": "publish", "channel": "room", "data": {"client": i}}))
+        for channel in channels {
+            let (status, body) = publish(
+                nodes[0].addr,
+                json!({"channel": channel, "data": {"api": i}}),
+            )
             .await;
-        assert!(reply["result"]["offset"].is_u64(), "{reply}");
+            assert_eq!(status, 200, "{body}");
+            let reply = publisher
+                .call(json!({"cmd": "publish", "channel": channel, "data": {"client": i}}))
+                .await;
+            assert!(reply["result"]["offset"].is_u64(), "{reply}");
+        }
     }
     for (i, subscriber) in subscribers.iter_mut().enumerate() {
-        let pushes = subscriber.publications_until("room", 20).await;
-        assert_exactly(
-            &offsets(&pushes, "room"),
-            1..=20,
-            &format!("subscriber {i}"),
-        );
+        for channel in channels {
+            let pushes = subscriber.publications_until(channel, 20).await;
+            assert_exactly(
+                &offsets(&pushes, channel),
+                1..=20,
+                &format!("subscriber {i} of {channel}"),
+            );
+        }
     }
 
     // Raw mode: an API broadcast on A reaches a raw client on C.
@@ -132,7 +164,7 @@ async fn three_nodes_are_one_hub() {
 
     // Presence counts everyone, across nodes; /api/info lists the three nodes.
     let reply = subscribers[0]
-        .call(json!({"cmd": "presence", "channel": "room"}))
+        .call(json!({"cmd": "presence", "channel": channels[0]}))
         .await;
     assert_eq!(
         reply["result"]["count"],
@@ -264,6 +296,39 @@ async fn a_client_of_a_killed_node_recovers_on_another() {
     publish(a.addr, json!({"channel": "feed", "data": 13})).await;
     let pushes = client.publications_until("feed", 13).await;
     assert_exactly(&offsets(&pushes, "feed"), 13..=13, "live after recovery");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_of_a_dropped_pubsub_connection_are_filled_from_history() {
+    let _serial = SERIAL.lock().await;
+    let redis = Redis::start();
+    let a = node(&redis, "a", &[]);
+    let b = node(&redis, "b", &[]);
+    let mut subscriber = V1::connect(&b.url()).await;
+    subscriber.subscribe("stream").await;
+    let mut kills = 0;
+    for i in 1..=300u64 {
+        let (status, body) = publish(a.addr, json!({"channel": "stream", "data": i})).await;
+        assert_eq!(status, 200, "{body}");
+        if i % 60 == 30 {
+            // Every node's pub/sub connection dies; what is published until it is back
+            // never reaches them by pub/sub.
+            let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+            kills += killed.trim().parse::<u32>().unwrap_or(0);
+        }
+    }
+    assert!(kills > 0, "pub/sub connections were killed");
+    let pushes = subscriber.publications_until("stream", 300).await;
+    assert_exactly(&offsets(&pushes, "stream"), 1..=300, "subscriber on B");
+    assert!(
+        !pushes.iter().any(|p| p.get("resync").is_some()),
+        "history had it all"
+    );
+    let info = get_json(b.addr, "/api/info").await;
+    println!(
+        "gaps on B after {kills} killed pub/sub connections: {}",
+        info["gaps"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

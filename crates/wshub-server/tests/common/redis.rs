@@ -46,12 +46,17 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with(&[]);
+    }
+
+    fn spawn_with(&mut self, extra: &[&str]) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -207,4 +212,105 @@ pub fn offsets(pushes: &[Value], channel: &str) -> Vec<u64> {
         .filter(|p| p["channel"] == json!(channel) && p.get("offset").is_some())
         .map(|p| p["offset"].as_u64().unwrap())
         .collect()
+}
+
+/// A Redis Cluster of three masters (no replicas) started here: `--cluster-enabled yes`,
+/// a third of the slots each (`CLUSTER ADDSLOTSRANGE`), joined by `CLUSTER MEET`.
+pub struct Cluster {
+    pub shards: Vec<Redis>,
+}
+
+/// A port free for a cluster node: it and its bus port (+10000) both.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = 20000 + (std::process::id() as u16 % 50) * 100 + (rand_u16() % 100);
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10000) {
+            return port;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    hasher.finish() as u16
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
+        let mut shards = Vec::new();
+        for _ in ranges {
+            let port = free_cluster_port();
+            let dir =
+                std::env::temp_dir().join(format!("wshub-cluster-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut shard = Redis {
+                child: None,
+                port,
+                dir,
+            };
+            shard.spawn_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
+            shards.push(shard);
+        }
+        for (shard, (from, to)) in shards.iter().zip(ranges) {
+            let out = shard.cli(&[
+                "CLUSTER",
+                "ADDSLOTSRANGE",
+                &from.to_string(),
+                &to.to_string(),
+            ]);
+            assert!(out.contains("OK"), "ADDSLOTSRANGE: {out}");
+        }
+        for other in &shards[1..] {
+            let out = shards[0].cli(&["CLUSTER", "MEET", "127.0.0.1", &other.port.to_string()]);
+            assert!(out.contains("OK"), "MEET: {out}");
+        }
+        let deadline = std::time::Instant::now() + WAIT;
+        while !shards.iter().all(|s| {
+            let info = s.cli(&["CLUSTER", "INFO"]);
+            info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster did not form"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Cluster { shards }
+    }
+
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .shards
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// Which shard (0, 1, 2) holds `key`'s slot.
+    pub fn shard_of(&self, key: &str) -> usize {
+        let slot: u16 = self.shards[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap();
+        match slot {
+            0..=5460 => 0,
+            5461..=10922 => 1,
+            _ => 2,
+        }
+    }
 }

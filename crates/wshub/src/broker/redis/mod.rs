@@ -26,11 +26,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod conn;
+
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
+use redis::{PushInfo, PushKind, Script, Value};
 use tokio::sync::mpsc;
 
+use self::conn::{Conn, Target, Timeouts};
 use super::{
     Broker, BrokerError, BrokerFuture, Event, Health, History, HistoryLimits, IDEMPOTENCY_WINDOW,
     Member, NodeInfo, NodeLink, NodeStats, Publication, StreamPosition,
@@ -40,7 +42,8 @@ use crate::message::Message;
 /// How a [`RedisBroker`] reaches Redis and names itself.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://HOST:PORT[/DB]`.
+    /// `redis://HOST:PORT[/DB]` (one Redis) or `redis+cluster://HOST:PORT[,HOST:PORT...]`
+    /// (a Redis Cluster, these nodes as seeds).
     pub url: String,
     /// This node's name (`node_name`): unique among the nodes sharing the Redis.
     pub node_name: String,
@@ -87,9 +90,9 @@ impl std::fmt::Debug for RedisBroker {
 struct Shared {
     options: RedisOptions,
     /// Commands and scripts.
-    commands: ConnectionManager,
+    commands: Conn,
     /// Subscriptions; its messages arrive on `inbound`.
-    pubsub: ConnectionManager,
+    pubsub: Conn,
     publish: Script,
     history: Script,
     members: Script,
@@ -159,43 +162,24 @@ impl RedisBroker {
     /// Runs the background tasks on the current tokio runtime.
     pub async fn connect(options: RedisOptions) -> Result<RedisBroker, BrokerError> {
         check_node_name(&options.node_name).map_err(BrokerError)?;
-        if !options.url.starts_with("redis://") {
-            return Err(BrokerError(format!(
-                "`{}` is not a redis:// URL",
-                options.url
-            )));
-        }
-        let info = options
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| BrokerError(format!("`{}` is not a Redis URL: {e}", options.url)))?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client =
-            redis::Client::open(info.set_redis_settings(settings)).map_err(broker_error)?;
-        let config = || {
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                .set_response_timeout(Some(COMMAND_TIMEOUT))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(500))
-        };
+        let target = Target::parse(&options.url)?;
         let url = options.url.clone();
         let unreachable =
             move |e: redis::RedisError| BrokerError(format!("cannot reach Redis at `{url}`: {e}"));
-        let commands = ConnectionManager::new_with_config(client.clone(), config())
+        let timeouts = Timeouts {
+            command: COMMAND_TIMEOUT,
+        };
+        let commands = Conn::open(&target, &timeouts, None)
             .await
             .map_err(&unreachable)?;
         let (inbound, receiving) = mpsc::unbounded_channel();
         let pushes = inbound.clone();
-        let pubsub = ConnectionManager::new_with_config(
-            client,
-            config()
-                .set_push_sender(move |push: PushInfo| pushes.send(Inbound::Push(push)))
-                .set_automatic_resubscription(),
+        let pubsub = Conn::open(
+            &target,
+            &timeouts,
+            Some(Box::new(move |push: PushInfo| {
+                let _ = pushes.send(Inbound::Push(push));
+            })),
         )
         .await
         .map_err(&unreachable)?;
@@ -217,19 +201,16 @@ impl RedisBroker {
             inbound,
             broadcasts,
         });
-        // Loads the scripts, and proves the server answers them (Redis ≥ 2.6; XADD with
-        // MAXLEN needs ≥ 5, sharded pub/sub 7).
+        // Proves the server answers (on a cluster, a node of it): the scripts are loaded
+        // by their first EVALSHA (NOSCRIPT → EVAL, the redis crate's `Script`).
         let mut commands = shared.commands.clone();
-        for script in [&shared.publish, &shared.history, &shared.members] {
-            script
-                .prepare_invoke()
-                .load_async(&mut commands)
-                .await
-                .map_err(&unreachable)?;
-        }
+        let _: String = redis::cmd("PING")
+            .query_async(&mut commands)
+            .await
+            .map_err(&unreachable)?;
         let mut pubsub = shared.pubsub.clone();
         pubsub
-            .subscribe(shared.broadcast_channel())
+            .subscribe(&shared.broadcast_channel())
             .await
             .map_err(unreachable)?;
         let weak = Arc::downgrade(&shared);
@@ -251,12 +232,16 @@ impl Shared {
     }
 
     fn broadcast_channel(&self) -> String {
-        format!("{}:broadcast", self.options.prefix)
+        format!("{}:{{broadcast}}", self.options.prefix)
     }
 
+    /// The node list's keys, under one hash tag (one slot on a cluster).
     fn nodes_keys(&self) -> (String, String) {
         let prefix = &self.options.prefix;
-        (format!("{prefix}:nodes"), format!("{prefix}:nodes:exp"))
+        (
+            format!("{prefix}:{{nodes}}"),
+            format!("{prefix}:{{nodes}}:exp"),
+        )
     }
 
     /// The channel named by a pub/sub channel of ours.
@@ -307,7 +292,7 @@ impl Shared {
             .arg(&*super::memory::new_epoch())
             .arg(if idempotency_key.is_some() { "1" } else { "0" })
             .arg(millis(IDEMPOTENCY_WINDOW))
-            .arg("PUBLISH");
+            .arg(self.commands.publish_command());
         let mut commands = self.commands.clone();
         let (epoch, offset, _earlier): (String, u64, u8) = invocation
             .invoke_async(&mut commands)
@@ -582,16 +567,16 @@ impl Shared {
     async fn check_all(self: &Arc<Self>) {
         let channels: Vec<Arc<str>> = lock(&self.delivered).keys().cloned().collect();
         for batch in channels.chunks(CHECK_BATCH) {
-            let mut pipe = redis::pipe();
-            for channel in batch {
-                pipe.cmd("HMGET")
-                    .arg(self.key(channel, "meta"))
-                    .arg("e")
-                    .arg("o");
-            }
-            let mut commands = self.commands.clone();
+            let reads = batch
+                .iter()
+                .map(|channel| {
+                    let mut read = redis::cmd("HMGET");
+                    read.arg(self.key(channel, "meta")).arg("e").arg("o");
+                    read
+                })
+                .collect();
             let positions: Vec<(Option<String>, Option<u64>)> =
-                match pipe.query_async(&mut commands).await {
+                match self.commands.query_each(reads).await {
                     Ok(positions) => positions,
                     Err(error) => {
                         tracing::warn!(%error, "cannot check channel positions now");
@@ -642,7 +627,7 @@ impl Shared {
             lock(&self.delivered).insert(channel.into(), position);
             let mut pubsub = self.pubsub.clone();
             pubsub
-                .subscribe(self.pubsub_channel(channel))
+                .subscribe(&self.pubsub_channel(channel))
                 .await
                 .map_err(broker_error)
         }
@@ -667,7 +652,7 @@ impl Shared {
         lock(&self.delivered).remove(channel);
         let mut pubsub = self.pubsub.clone();
         pubsub
-            .unsubscribe(self.pubsub_channel(channel))
+            .unsubscribe(&self.pubsub_channel(channel))
             .await
             .map_err(broker_error)
     }
@@ -697,7 +682,9 @@ impl Shared {
             .zadd(&expiry, &key, now_ms() + ttl)
             .pexpire(&hash, ttl as i64)
             .pexpire(&expiry, ttl as i64)
-            .publish(self.pubsub_channel(channel), format!("j{key}"))
+            .cmd(self.commands.publish_command())
+            .arg(self.pubsub_channel(channel))
+            .arg(format!("j{key}"))
             .exec_async(&mut commands)
             .await
             .map_err(broker_error)
@@ -719,7 +706,9 @@ impl Shared {
             .atomic()
             .hdel(self.key(channel, "presence"), &key)
             .zrem(self.key(channel, "presence:exp"), &key)
-            .publish(self.pubsub_channel(channel), format!("l{key}"))
+            .cmd(self.commands.publish_command())
+            .arg(self.pubsub_channel(channel))
+            .arg(format!("l{key}"))
             .exec_async(&mut commands)
             .await
             .map_err(broker_error)
@@ -740,11 +729,11 @@ impl Shared {
         })
         .to_string();
         let (nodes, nodes_expiry) = self.nodes_keys();
-        let mut pipe = redis::pipe();
-        pipe.hset(&nodes, &self.options.node_name, report)
-            .ignore()
-            .zadd(&nodes_expiry, &self.options.node_name, now + ttl)
-            .ignore();
+        let mut report_group = redis::pipe();
+        report_group
+            .hset(&nodes, &self.options.node_name, report)
+            .zadd(&nodes_expiry, &self.options.node_name, now + ttl);
+        let mut groups = vec![report_group];
         let present: Vec<(Arc<str>, Vec<String>)> = lock(&self.present)
             .iter()
             .map(|(channel, members)| (channel.clone(), members.iter().cloned().collect()))
@@ -754,19 +743,18 @@ impl Shared {
                 self.key(channel, "presence"),
                 self.key(channel, "presence:exp"),
             );
+            let mut group = redis::pipe();
             for member in members {
-                pipe.hset(&hash, member, "")
-                    .ignore()
-                    .zadd(&expiry, member, now + ttl)
-                    .ignore();
+                group
+                    .hset(&hash, member, "")
+                    .zadd(&expiry, member, now + ttl);
             }
-            pipe.pexpire(&hash, ttl as i64)
-                .ignore()
-                .pexpire(&expiry, ttl as i64)
-                .ignore();
+            group
+                .pexpire(&hash, ttl as i64)
+                .pexpire(&expiry, ttl as i64);
+            groups.push(group);
         }
-        let mut commands = self.commands.clone();
-        pipe.exec_async(&mut commands).await.map_err(broker_error)
+        self.commands.run_groups(groups).await.map_err(broker_error)
     }
 }
 
@@ -843,9 +831,13 @@ async fn send_broadcasts(weak: Weak<Shared>, mut outgoing: mpsc::Receiver<Bytes>
             return;
         };
         let channel = shared.broadcast_channel();
+        let publish = shared.commands.publish_command();
         let mut pipe = redis::pipe();
         for payload in batch.drain(..) {
-            pipe.publish(&channel, payload.as_ref()).ignore();
+            pipe.cmd(publish)
+                .arg(&channel)
+                .arg(payload.as_ref())
+                .ignore();
         }
         let mut commands = shared.commands.clone();
         if let Err(error) = pipe.exec_async(&mut commands).await {
@@ -868,7 +860,7 @@ async fn watch_health(weak: Weak<Shared>) {
         };
         let mut commands = shared.commands.clone();
         let mut pubsub = shared.pubsub.clone();
-        let ping = |mut conn: ConnectionManager| async move {
+        let ping = |mut conn: Conn| async move {
             let answer: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
             answer
         };
