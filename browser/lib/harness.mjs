@@ -49,10 +49,16 @@ export async function startServer(args = []) {
       if (!response.ok) throw new Error(`publish: ${response.status} ${await response.text()}`);
       return response.json();
     },
-    async stop() {
-      if (child.exitCode !== null) return;
+    /** `GET /api/stats`: {connections, tasks}. */
+    async stats() {
+      const response = await fetch(`${url}/api/stats`, { headers: { authorization: `Bearer ${API_KEY}` } });
+      return response.json();
+    },
+    /** Ends the process with `signal` (SIGKILL: a node that dies without a word). */
+    async stop(signal = "SIGTERM") {
+      if (child.exitCode !== null || child.signalCode !== null) return; // ended already
       const exited = new Promise((resolve) => child.once("exit", resolve));
-      child.kill("SIGTERM");
+      child.kill(signal);
       await exited;
     },
   };
@@ -109,4 +115,112 @@ export async function startProxy(target) {
   await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
   proxy.url = `http://127.0.0.1:${server.address().port}`;
   return proxy;
+}
+
+/** A port nobody listens on now. */
+export async function freePort() {
+  const net = await import("node:net");
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Waits until something accepts TCP connections on `port`. */
+async function listening(port, what, child) {
+  const net = await import("node:net");
+  for (let i = 0; i < 200; i++) {
+    if (child.exitCode !== null) throw new Error(`${what} exited (${child.exitCode})`);
+    const ok = await new Promise((resolve) => {
+      const socket = net.connect(port, "127.0.0.1", () => socket.end(() => resolve(true)));
+      socket.on("error", () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`${what} is not listening on ${port}`);
+}
+
+/** Debian's `redis-server` on a free port, without persistence, in a temp dir. */
+export async function startRedis() {
+  const { mkdtempSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const dir = mkdtempSync(`${tmpdir()}/wshub-redis-`);
+  const port = await freePort();
+  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], {
+    stdio: "ignore",
+  });
+  await listening(port, "redis-server", child);
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((resolve) => child.once("exit", resolve));
+        child.kill("SIGKILL");
+        await exited;
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * Debian's nginx on a free port in a temp dir, proxying HTTP and WebSockets round-robin to
+ * `targets` (http://HOST:PORT URLs), no sticky sessions: a client may land on any node.
+ */
+export async function startNginx(targets) {
+  const { mkdtempSync, writeFileSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const dir = mkdtempSync(`${tmpdir()}/wshub-nginx-`);
+  const port = await freePort();
+  const servers = targets.map((t) => `    server ${new URL(t).host} max_fails=1 fail_timeout=30s;`).join("\n");
+  writeFileSync(
+    `${dir}/nginx.conf`,
+    `daemon off;
+master_process off;
+error_log ${dir}/error.log warn;
+pid ${dir}/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body;
+  proxy_temp_path ${dir}/proxy;
+  fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi;
+  scgi_temp_path ${dir}/scgi;
+  upstream wshub {
+${servers}
+  }
+  map $http_upgrade $connection_upgrade { default upgrade; "" close; }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://wshub;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $http_host;
+      proxy_read_timeout 1h;
+      proxy_next_upstream error timeout;
+      proxy_connect_timeout 2s;
+    }
+  }
+}
+`,
+  );
+  const nginx = existsSync("/usr/sbin/nginx") ? "/usr/sbin/nginx" : "nginx";
+  const child = spawn(nginx, ["-p", dir, "-c", `${dir}/nginx.conf`], { stdio: "ignore" });
+  await listening(port, "nginx", child);
+  return {
+    url: `http://127.0.0.1:${port}`,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((resolve) => child.once("exit", resolve));
+        child.kill("SIGTERM");
+        await exited;
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
