@@ -20,7 +20,7 @@ export interface Member {
   conn: string;
 }
 
-/** An Error from a command; `code` is the protocol's (400, 403, 404, 405, 409, 429, 500) or 0
+/** An Error from a command; `code` is the protocol's (400, 403, 404, 405, 409, 429, 503) or 0
  *  for a failure on this side (`timeout`, `disconnected`, `client closed`). */
 export interface CommandError extends Error {
   code: number;
