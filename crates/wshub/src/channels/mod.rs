@@ -13,7 +13,7 @@ pub(crate) mod protocol;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::broker::{Event, History, Publication};
+use crate::broker::{Event, History, Publication, StreamPosition};
 use crate::compression::Policy;
 use crate::id::ConnId;
 use crate::message::Message;
@@ -55,6 +55,8 @@ struct Recovering {
     presence_events: bool,
     /// Publications received while the history is read.
     buffered: Vec<Publication>,
+    /// A resync received meanwhile: passed on after the reply.
+    resync: Option<StreamPosition>,
 }
 
 impl Channel {
@@ -136,6 +138,7 @@ impl Channels {
                 outbox,
                 presence_events,
                 buffered: Vec::new(),
+                resync: None,
             },
         );
         Ok(first)
@@ -152,6 +155,9 @@ impl Channels {
             return;
         };
         push_or_evict(&recovering.outbox, reply);
+        if let Some(position) = &recovering.resync {
+            push_or_evict(&recovering.outbox, protocol::resync(channel, position));
+        }
         let last = history
             .publications
             .last()
@@ -214,7 +220,10 @@ impl Channels {
                 for live in &entry.live {
                     push_or_evict(&live.outbox, frame.clone());
                 }
-                delivered = entry.live.len();
+                for recovering in entry.recovering.values_mut() {
+                    recovering.resync = Some(position.clone());
+                }
+                delivered = entry.len();
             }
             // Raw broadcasts are the hub's, not a channel's.
             Event::Broadcast(_) => {}

@@ -477,14 +477,18 @@ impl Shared {
         arrived: Option<&Publication>,
     ) {
         let since = if last.epoch.is_empty() {
-            let Some(arrived) = arrived else {
-                // Nothing delivered yet: start from the epoch Redis has now.
-                return self.fill_from_start(channel, None).await;
+            // Nothing delivered yet: everything of the current epoch is missing.
+            let epoch = match arrived {
+                Some(arrived) => arrived.epoch.clone(),
+                None => match self.history(channel, None, Some(0)).await {
+                    Ok(history) => history.position.epoch,
+                    Err(error) => {
+                        tracing::warn!(%error, channel, "cannot fill a gap now");
+                        return;
+                    }
+                },
             };
-            StreamPosition {
-                epoch: arrived.epoch.clone(),
-                offset: 0,
-            }
+            StreamPosition { epoch, offset: 0 }
         } else {
             last
         };
@@ -497,68 +501,47 @@ impl Shared {
                 return;
             }
         };
-        if history.recovered {
-            let newer: Vec<Publication> = history
-                .publications
-                .into_iter()
-                .filter(|p| p.offset > since.offset)
-                .collect();
-            if newer.is_empty() && history.position.offset == since.offset {
-                self.advance(channel, &history.position.epoch, history.position.offset);
-                return;
-            }
-            self.gaps_filled.fetch_add(1, Ordering::Relaxed);
-            for publication in newer {
-                self.advance(channel, &publication.epoch, publication.offset);
-                self.deliver(channel, Event::Publication(publication));
-            }
-            self.advance(channel, &history.position.epoch, history.position.offset);
-            return;
+        if !history.recovered {
+            return self.fill_from_start(channel, history).await;
         }
-        self.fill_from_start(channel, Some(history)).await;
+        if !history.publications.is_empty() {
+            self.gaps_filled.fetch_add(1, Ordering::Relaxed);
+        }
+        for publication in history.publications {
+            self.advance(channel, &publication.epoch, publication.offset);
+            self.deliver(channel, Event::Publication(publication));
+        }
+        self.advance(channel, &history.position.epoch, history.position.offset);
     }
 
     /// The gap cannot be filled: subscribers are told to resync, then get the current
     /// epoch from its start when history still holds it all.
-    async fn fill_from_start(self: &Arc<Self>, channel: &str, current: Option<History>) {
-        let epoch = match current {
-            Some(history) => history.position.epoch,
-            None => match self.history(channel, None, Some(0)).await {
-                Ok(history) => history.position.epoch,
-                Err(error) => {
-                    tracing::warn!(%error, channel, "cannot fill a gap now");
-                    return;
-                }
-            },
-        };
+    async fn fill_from_start(self: &Arc<Self>, channel: &str, current: History) {
+        self.gaps_unfillable.fetch_add(1, Ordering::Relaxed);
         let from_start = StreamPosition {
-            epoch: epoch.clone(),
+            epoch: current.position.epoch.clone(),
             offset: 0,
         };
         let history = match self.history(channel, Some(from_start.clone()), None).await {
-            Ok(history) => history,
-            Err(error) => {
-                tracing::warn!(%error, channel, "cannot fill a gap now");
+            Ok(history) if history.recovered => history,
+            _ => {
+                tracing::warn!(
+                    channel,
+                    "publications lost from history: subscribers resync"
+                );
+                self.deliver(channel, Event::Resync(current.position.clone()));
+                self.advance(channel, &current.position.epoch, current.position.offset);
                 return;
             }
         };
-        self.gaps_unfillable.fetch_add(1, Ordering::Relaxed);
-        if history.recovered {
-            tracing::warn!(
-                channel,
-                "publications lost before a new epoch: subscribers resync"
-            );
-            self.deliver(channel, Event::Resync(from_start));
-            for publication in history.publications {
-                self.advance(channel, &publication.epoch, publication.offset);
-                self.deliver(channel, Event::Publication(publication));
-            }
-        } else {
-            tracing::warn!(
-                channel,
-                "publications lost from history: subscribers resync"
-            );
-            self.deliver(channel, Event::Resync(history.position.clone()));
+        tracing::warn!(
+            channel,
+            "publications lost before a new epoch: subscribers resync"
+        );
+        self.deliver(channel, Event::Resync(from_start));
+        for publication in history.publications {
+            self.advance(channel, &publication.epoch, publication.offset);
+            self.deliver(channel, Event::Publication(publication));
         }
         self.advance(channel, &history.position.epoch, history.position.offset);
     }
