@@ -17,6 +17,10 @@
 //! To mount only the WebSocket endpoint in your own axum app:
 //! `Router::new().route("/ws", hub.endpoint())`.
 //!
+//! Several nodes, one hub: give each a [`RedisBroker`] on the same Redis
+//! (`Hub::with_broker(config, handler, RedisBroker::connect(options).await?)`); channels,
+//! history, presence and raw broadcasts then span every node.
+//!
 //! # Layout
 //!
 //! Data flows one way: socket → connection (frame reader) → handler (the application) →
@@ -37,7 +41,10 @@
 //!   it slow consumer); `cork`, rounds (what a round publishes leaves in one write per
 //!   recipient; [`flush_corked`] extends a round to a worker's whole run);
 //!   `backpressure`, publishers pause while many recipients' kernels refuse.
-//! - `broker/`: the [`Broker`] seam (ordering, history, presence) and [`MemoryBroker`].
+//! - `broker/`: the [`Broker`] seam (ordering, history, presence) and the types it
+//!   shares with the hub; [`MemoryBroker`] (`memory.rs`, one node) and [`RedisBroker`]
+//!   (`redis/`: many nodes on one Redis or a cluster; Lua scripts, gap filling, presence
+//!   expiry, node reports).
 //! - `channels/`: channel subscribers on this node; exact recovery (buffer, then merge);
 //!   `protocol`, the `wshub.v1` wire format (commands, replies, pushes), no state.
 //! - `handler`: the application's [`Handler`] callbacks and [`ConnInfo`].
