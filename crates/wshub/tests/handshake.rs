@@ -1,7 +1,7 @@
 //! The ways an upgrade request reaches the hub. `wshub::serve` answers a whole upgrade
-//! head for `/ws` from the connection's first read; anything else (a head in pieces, an
-//! upgrade behind another request on a kept-alive connection) goes through hyper and the
-//! router. Each way must end in the same working connection, and bytes the client sent
+//! head for `/ws` from the connection's first reads (one, or more for a head in pieces);
+//! anything else (an upgrade behind another request on a kept-alive connection) goes
+//! through hyper and the router. Each way must end in the same working connection, and bytes the client sent
 //! right behind its request must be its first frames, on either way.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -120,5 +120,38 @@ async fn an_upgrade_behind_another_request_on_the_same_connection_works() {
         .await
         .unwrap();
     upgraded_with_early_frame(stream).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_head_cut_off_by_the_clients_fin_gets_400() {
+    let server = start(Config::default(), Broadcast).await;
+    for partial in [
+        "GET /ws HTTP/1.1\r\nHost: x\r\n",
+        "GET / HTTP/1.1\r\nHo",
+        "GET",
+    ] {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(partial.as_bytes()).await.unwrap();
+        stream.shutdown().await.unwrap(); // half-close: we still read
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{partial:?} → {response:?}"
+        );
+    }
+    // A client that sends nothing and leaves gets nothing.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(response.is_empty());
     server.shutdown().await;
 }

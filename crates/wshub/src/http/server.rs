@@ -128,9 +128,9 @@ struct Shared {
 /// straight from the first read: `httparse` parses the head, the rules of
 /// [`crate::http::upgrade`] decide, we write the 101 and this task becomes the connection. No HTTP
 /// connection state, router, second task or hand-over channel (measured: see BENCHMARKS.md,
-/// "handshakes"). Everything else — other paths, a head that needs more than one read, a
-/// refusal (which deserves its specific status) — goes to hyper and the router with the
-/// bytes read so far, and is served exactly as before.
+/// "handshakes"). Everything else — other paths, a refusal (which deserves its specific
+/// status), a later request on a kept-alive connection — goes to hyper and the router with
+/// the bytes read so far, and is served exactly as before.
 ///
 /// Its future is the connection's task, so its size is per-connection memory: the two
 /// stages share one place (`then`), and the HTTP stage, rare and large, is boxed.
@@ -160,18 +160,26 @@ enum FirstRead {
     Gone,
 }
 
-/// Waits for the first bytes (up to `handshake_timeout`), and answers the upgrade if they
-/// hold a whole request head for the hub's path that every rule accepts.
+/// Reads the request head (all of it within `handshake_timeout`, usually one read), and
+/// answers the upgrade if it is a whole request head for the hub's path that every rule
+/// accepts. A head the client cuts off with its FIN gets a 400, as from Go's net/http and
+/// Node (hyper would close without a word).
 async fn first_read(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>) -> FirstRead {
     const FIRST_READ: usize = 2048;
     let mut head = Vec::with_capacity(FIRST_READ);
+    let deadline = tokio::time::Instant::now() + shared.hub.config().handshake_timeout;
     loop {
         match stream.try_read_buf(&mut head) {
-            Ok(0) => return FirstRead::Gone,
-            Ok(_) => break,
+            Ok(0) if head.is_empty() => return FirstRead::Gone,
+            Ok(0) => {
+                half_closed(stream).await;
+                return FirstRead::Gone;
+            }
+            // Complete, or not HTTP (hyper answers that), or too long (hyper's 431).
+            Ok(_) if !is_partial(&head) || head.len() >= MAX_HEADER_BYTES => break,
+            Ok(_) => {}
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                let timeout = shared.hub.config().handshake_timeout;
-                match tokio::time::timeout(timeout, stream.readable()).await {
+                match tokio::time::timeout_at(deadline, stream.readable()).await {
                     Ok(Ok(())) => {}
                     _ => return FirstRead::Gone,
                 }
@@ -202,6 +210,27 @@ async fn first_read(stream: TcpStream, remote: SocketAddr, shared: Arc<Shared>) 
     // Frames the client sent right behind its request are the connection's first input.
     let read_ahead = Bytes::copy_from_slice(&head[head_len..]);
     FirstRead::Upgraded(Socket::tcp(stream, read_ahead), registration, request)
+}
+
+/// True while `head` is the start of a request head that needs more bytes.
+fn is_partial(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    matches!(
+        httparse::Request::new(&mut headers).parse(head),
+        Ok(httparse::Status::Partial)
+    )
+}
+
+/// Answers a request head cut off by the client's FIN (its write side is still open).
+async fn half_closed(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt as _;
+    const BODY: &str = "400 Bad Request: the request head ended before its blank line\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// Parses `head` and, if it is a whole upgrade request for the hub's path that every rule
