@@ -93,6 +93,9 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(settings.text("log_format"));
+            for warning in settings::unknown_env(std::env::vars().map(|(name, _)| name)) {
+                tracing::warn!("{warning}");
+            }
             match run(settings) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(Failure::Config(error)) => {
@@ -252,6 +255,17 @@ fn plan(settings: &Settings) -> anyhow::Result<Plan> {
         "stdio" => Sink::Stdio,
         _ => Sink::Chat,
     };
+    let bind = settings.text("bind");
+    // A port in use is a runtime failure (exit 1); an address that cannot be one is a
+    // config error like any other (exit 2).
+    std::net::ToSocketAddrs::to_socket_addrs(bind)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "invalid config `bind`: `{bind}` is not HOST:PORT (e.g. 127.0.0.1:8080, [::]:8080, localhost:0)"
+            )
+        })?;
     Ok(Plan {
         broker: broker_plan(settings, &config)?,
         config,

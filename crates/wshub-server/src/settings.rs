@@ -444,6 +444,50 @@ impl Settings {
     }
 }
 
+/// Variables of our own scripts (test, benchmark, browser tests), not settings.
+const NOT_SETTINGS: &[&str] = &[
+    "WSHUB_SHARED",
+    "WSHUB_WORK",
+    "WSHUB_BIN",
+    "WSHUB_AUTOBAHN",
+    "WSHUB_FUZZ_SECONDS",
+];
+
+/// One warning per `WSHUB_*` variable among `names` that is no setting (a typo would
+/// otherwise do nothing), naming the closest key.
+pub fn unknown_env(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut warnings: Vec<String> = names
+        .filter(|name| name.starts_with("WSHUB_") && !NOT_SETTINGS.contains(&name.as_str()))
+        .filter(|name| !KEYS.iter().any(|key| key.env() == *name))
+        .map(|name| {
+            let closest = KEYS
+                .iter()
+                .min_by_key(|key| edit_distance(&key.env(), &name))
+                .map(|key| format!("; did you mean {} (`{}`)?", key.env(), key.name))
+                .unwrap_or_default();
+            format!("unknown environment variable {name} is ignored{closest}")
+        })
+        .collect();
+    warnings.sort();
+    warnings
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
 /// The key called `name`.
 pub fn find(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
@@ -591,6 +635,26 @@ mod tests {
         let mut back = Settings::defaults();
         back.apply_toml(&s.render(), "rendered").unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn unknown_env_names_the_closest_key() {
+        let warnings = unknown_env(
+            [
+                "WSHUB_SNED_QUEUE",
+                "WSHUB_SEND_QUEUE",
+                "WSHUB_SHARED",
+                "PATH",
+            ]
+            .into_iter()
+            .map(String::from),
+        );
+        assert_eq!(
+            warnings,
+            [
+                "unknown environment variable WSHUB_SNED_QUEUE is ignored; did you mean WSHUB_SEND_QUEUE (`send_queue`)?"
+            ]
+        );
     }
 
     #[test]

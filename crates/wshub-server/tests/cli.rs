@@ -159,6 +159,32 @@ fn a_port_in_use_is_a_clear_error() {
     assert!(err.contains(&addr) && err.contains("bind"), "{err}");
 }
 
+#[test]
+fn a_bind_that_is_no_address_is_a_config_error() {
+    for bind in ["nonsense", "127.0.0.1", "127.0.0.1:99999"] {
+        let (code, _, err) = run(&["serve", "--bind", bind], &[]);
+        assert_eq!(code, 2, "{bind}: {err}");
+        assert!(err.contains("`bind`") && err.lines().count() == 1, "{err}");
+    }
+}
+
+#[test]
+fn an_unknown_environment_variable_is_named_with_the_closest_key() {
+    let mut server = Server::start(&[], &[("WSHUB_SNED_QUEUE", "8")]);
+    let warnings: Vec<&String> = server
+        .startup
+        .iter()
+        .filter(|line| line.contains("WSHUB_SNED_QUEUE"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", server.startup);
+    assert!(
+        warnings[0].contains("did you mean WSHUB_SEND_QUEUE"),
+        "{warnings:?}"
+    );
+    server.signal("TERM");
+    server.wait_exit();
+}
+
 #[tokio::test]
 async fn serve_is_a_working_chat_demo() {
     let server = Server::start(&[], &[]);

@@ -39,6 +39,8 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub stderr: mpsc::Receiver<String>,
+    /// What it logged up to its "listening" line.
+    pub startup: Vec<String>,
 }
 
 impl Server {
@@ -62,8 +64,10 @@ impl Server {
                 }
             }
         });
+        let mut startup = Vec::new();
         let addr = loop {
             let line = rx.recv_timeout(WAIT).expect("wshub printed its address");
+            startup.push(line.clone());
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr: String = rest
                     .chars()
@@ -76,6 +80,7 @@ impl Server {
             child,
             addr,
             stderr: rx,
+            startup,
         }
     }
 
