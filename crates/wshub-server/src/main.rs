@@ -351,6 +351,9 @@ fn site(settings: &Settings) -> anyhow::Result<Site> {
             .with_context(|| format!("invalid config `html`: cannot read `{}`", path.display()))?,
         None => wshub::DEFAULT_HOME_TEMPLATE.to_owned(),
     };
+    wshub::check_home_template(&home_template).map_err(|error| {
+        anyhow::anyhow!("invalid config `html`: {}: {error}", settings.text("html"))
+    })?;
     let static_dir = match settings.path("static") {
         Some(path) => {
             let meta = std::fs::metadata(&path).with_context(|| {

@@ -67,7 +67,7 @@ pub const KEYS: &[Key] = &[
         "html",
         Kind::Text,
         "\"\"",
-        "Home page template file; `{{host}}` or `{{$}}` becomes the request's Host. Empty: the built-in chat page.",
+        "Home page template file (minijinja, HTML-escaped): `{{ host }}` (or the Go original's `{{.}}`, `{{$}}`) becomes the request's Host. Empty: the built-in chat page.",
     ),
     key(
         "static",

@@ -159,6 +159,27 @@ fn a_port_in_use_is_a_clear_error() {
     assert!(err.contains(&addr) && err.contains("bind"), "{err}");
 }
 
+#[tokio::test]
+async fn the_home_template_is_minijinja_with_the_go_forms_and_a_broken_one_is_refused() {
+    let broken = temp_file("broken.html", "<p>\n{% if %}</p>\n");
+    let (code, _, err) = run(&["check", "--html", broken.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`html`") && err.contains("line 2"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let page = temp_file("page.html", "<p>{{ host }} {{host}} {{.}} {{$}}</p>");
+    let server = Server::start(&["--html", page.to_str().unwrap()], &[]);
+    let response = http(
+        server.addr,
+        "GET / HTTP/1.1\r\nHost: a<b\r\nConnection: close\r\n\r\n".to_owned(),
+    )
+    .await;
+    assert!(
+        response.ends_with("<p>a&lt;b a&lt;b a&lt;b a&lt;b</p>"),
+        "{response}"
+    );
+}
+
 #[test]
 fn a_bind_that_is_no_address_is_a_config_error() {
     for bind in ["nonsense", "127.0.0.1", "127.0.0.1:99999"] {

@@ -83,7 +83,10 @@ pub use channels::protocol::{ProtocolError, SUBPROTOCOL};
 pub use config::{Config, ConfigError, format_duration};
 pub use handler::{Broadcast, ConnInfo, Handler};
 pub use http::server::{MAX_HEADER_BYTES, serve};
-pub use http::{CLIENT_DTS, CLIENT_JS, DEFAULT_HOME_TEMPLATE, Site, WS_PATH, router};
+pub use http::{
+    CLIENT_DTS, CLIENT_JS, DEFAULT_HOME_TEMPLATE, Site, TemplateError, WS_PATH,
+    check_home_template, router,
+};
 pub use hub::{Hub, SendError};
 pub use id::ConnId;
 pub use message::{CloseReason, Message};

@@ -5,6 +5,7 @@
 //! Anything not routed is 404; a routed path with the wrong method is 405 (as the Go
 //! original). The routes only translate HTTP into hub calls; the hub does the work.
 
+mod home;
 mod prefixed;
 pub(crate) mod server;
 mod upgrade;
@@ -20,6 +21,8 @@ use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tower_http::services::ServeDir;
 
+use self::home::HomePage;
+pub use self::home::{TemplateError, check_home_template};
 use crate::hub::Hub;
 use crate::message::Message;
 
@@ -39,8 +42,9 @@ pub const WS_PATH: &str = "/ws";
 /// What the HTTP surface serves besides `/ws`.
 #[derive(Debug, Clone)]
 pub struct Site {
-    /// The home page template; `{{host}}` (or the Go template's `{{$}}`) becomes the
-    /// request's `Host`, HTML-escaped.
+    /// The home page template (minijinja, HTML auto-escaping): `{{ host }}` (or the Go
+    /// template's `{{.}}` and `{{$}}`) becomes the request's `Host`. Check it first with
+    /// [`check_home_template`]: a broken one answers 500 with the reason.
     pub home_template: String,
     /// Directory served under `/static/`; `None` → every `/static/…` is 404.
     pub static_dir: Option<PathBuf>,
@@ -66,7 +70,10 @@ impl Default for Site {
 /// and `GET /api/stats`.
 pub fn router(hub: Hub, site: Site) -> Router {
     let mut router = Router::new()
-        .route("/", get(home).with_state(Arc::new(site.home_template)))
+        .route(
+            "/",
+            get(home).with_state(Arc::new(HomePage::new(&site.home_template))),
+        )
         .route(
             "/wshub.js",
             Asset::route(CLIENT_JS, "text/javascript; charset=utf-8"),
@@ -139,13 +146,32 @@ async fn escapes(root: &std::path::Path, path: &str) -> bool {
 }
 
 /// `GET /` (and HEAD): the template with the request's host filled in.
-async fn home(State(template): State<Arc<String>>, headers: HeaderMap) -> Html<String> {
+async fn home(
+    State(page): State<Arc<Result<HomePage, TemplateError>>>,
+    headers: HeaderMap,
+) -> Response {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let host = escape_html(host);
-    Html(template.replace("{{host}}", &host).replace("{{$}}", &host))
+    match page
+        .as_ref()
+        .as_ref()
+        .map_err(Clone::clone)
+        .map(|page| page.render(host))
+    {
+        Ok(Ok(html)) => Html(html).into_response(),
+        // The binary checks its template before it listens (`check_home_template`); a
+        // library user who passed a broken one learns why here.
+        Ok(Err(error)) | Err(error) => {
+            tracing::error!(%error, "home page template");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("home page template: {error}\n"),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// A built-in file, served with `cache-control: no-cache` (revalidate on every use, so an
@@ -197,21 +223,6 @@ fn etag(body: &str) -> String {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("\"{hash:016x}\"")
-}
-
-fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&#34;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 struct Api {
