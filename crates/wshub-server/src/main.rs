@@ -161,6 +161,26 @@ struct Plan {
     sink: Sink,
     bind: String,
     broker: BrokerPlan,
+    tls: Option<Arc<wshub::Tls>>,
+}
+
+/// `tls_cert` and `tls_key`: both or neither, read and matched now.
+fn tls_plan(settings: &Settings) -> anyhow::Result<Option<Arc<wshub::Tls>>> {
+    match (settings.path("tls_cert"), settings.path("tls_key")) {
+        (None, None) => Ok(None),
+        (Some(_), None) => anyhow::bail!("invalid config `tls_key`: required with `tls_cert`"),
+        (None, Some(_)) => anyhow::bail!("invalid config `tls_cert`: required with `tls_key`"),
+        (Some(cert), Some(key)) => wshub::Tls::from_pem_files(cert, key)
+            .map(|tls| Some(Arc::new(tls)))
+            .map_err(|error| {
+                let key = match error {
+                    wshub::TlsError::Cert(_) => "tls_cert",
+                    wshub::TlsError::Key(_) => "tls_key",
+                    wshub::TlsError::Mismatch(_) => "tls_key",
+                };
+                anyhow::anyhow!("invalid config `{key}`: {error}")
+            }),
+    }
 }
 
 /// Where channels live (`broker`).
@@ -267,6 +287,7 @@ fn plan(settings: &Settings) -> anyhow::Result<Plan> {
             )
         })?;
     Ok(Plan {
+        tls: tls_plan(settings)?,
         broker: broker_plan(settings, &config)?,
         config,
         site: site(settings)?,
@@ -295,6 +316,7 @@ async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
         sink,
         bind,
         broker,
+        tls,
     } = plan;
     // Redis must answer before anything listens: a node that cannot reach it would
     // serve a hub of its own.
@@ -335,13 +357,37 @@ async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
         .local_addr()
         .context("listener has no address")
         .map_err(Failure::Runtime)?;
-    tracing::info!(on_message, "wshub listening on http://{addr}");
-
     let router = wshub::router(hub.clone(), site);
-    wshub::serve(listener, hub, router, shutdown)
-        .await
-        .context("server failed")
-        .map_err(Failure::Runtime)
+    let served = match tls {
+        Some(tls) => {
+            reload_on_sighup(tls.clone()).map_err(Failure::Runtime)?;
+            tracing::info!(on_message, "wshub listening on https://{addr}");
+            wshub::serve_tls(listener, hub, router, shutdown, tls).await
+        }
+        None => {
+            tracing::info!(on_message, "wshub listening on http://{addr}");
+            wshub::serve(listener, hub, router, shutdown).await
+        }
+    };
+    served.context("server failed").map_err(Failure::Runtime)
+}
+
+/// SIGHUP reads the certificate and key again: new handshakes use them, open connections
+/// stay; a bad pair is logged and the old one kept.
+fn reload_on_sighup(tls: Arc<wshub::Tls>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate and key read again"),
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: new TLS pair refused, keeping the old one")
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The HTTP surface's settings; checks the paths now, before anything listens.

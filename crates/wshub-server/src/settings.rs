@@ -64,6 +64,18 @@ pub const KEYS: &[Key] = &[
         "Address and port to listen on (port 0 picks a free port).",
     ),
     key(
+        "tls_cert",
+        Kind::Text,
+        "\"\"",
+        "PEM certificate chain: with tls_key, the listener speaks HTTPS and wss://; SIGHUP reads both again. Empty: plain HTTP.",
+    ),
+    key(
+        "tls_key",
+        Kind::Text,
+        "\"\"",
+        "PEM private key of tls_cert (PKCS#8, PKCS#1 or SEC1).",
+    ),
+    key(
         "html",
         Kind::Text,
         "\"\"",

@@ -82,7 +82,8 @@ pub use broker::{
 pub use channels::protocol::{ProtocolError, SUBPROTOCOL};
 pub use config::{Config, ConfigError, format_duration};
 pub use handler::{Broadcast, ConnInfo, Handler};
-pub use http::server::{MAX_HEADER_BYTES, serve};
+pub use http::server::{MAX_HEADER_BYTES, serve, serve_tls};
+pub use http::tls::{Tls, TlsError};
 pub use http::{
     CLIENT_DTS, CLIENT_JS, DEFAULT_HOME_TEMPLATE, Site, TemplateError, WS_PATH,
     check_home_template, router,

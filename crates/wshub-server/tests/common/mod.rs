@@ -68,7 +68,11 @@ impl Server {
         let addr = loop {
             let line = rx.recv_timeout(WAIT).expect("wshub printed its address");
             startup.push(line.clone());
-            if let Some(rest) = line.split("listening on http://").nth(1) {
+            let after = line
+                .split("listening on http://")
+                .nth(1)
+                .or_else(|| line.split("listening on https://").nth(1));
+            if let Some(rest) = after {
                 let addr: String = rest
                     .chars()
                     .take_while(|c| !c.is_whitespace() && *c != '"')

@@ -8,6 +8,7 @@
 mod home;
 mod prefixed;
 pub(crate) mod server;
+pub(crate) mod tls;
 mod upgrade;
 
 use std::path::PathBuf;

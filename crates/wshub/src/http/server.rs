@@ -28,6 +28,7 @@ use tower::ServiceExt;
 use crate::connection::{self, Socket};
 use crate::http::WS_PATH;
 use crate::http::prefixed::Prefixed;
+use crate::http::tls::Tls;
 use crate::hub::{Hub, Registration};
 
 /// Largest request head (request line + headers) accepted; larger → 431.
@@ -44,6 +45,28 @@ pub async fn serve(
     hub: Hub,
     router: Router,
     shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    serve_with(listener, hub, router, shutdown, None).await
+}
+
+/// [`serve`] over TLS: HTTPS and wss://. Each connection's TLS handshake must finish
+/// within `handshake_timeout`; [`Tls::reload`] swaps the certificate for later handshakes.
+pub async fn serve_tls(
+    listener: TcpListener,
+    hub: Hub,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send,
+    tls: Arc<Tls>,
+) -> std::io::Result<()> {
+    serve_with(listener, hub, router, shutdown, Some(tls)).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    hub: Hub,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send,
+    tls: Option<Arc<Tls>>,
 ) -> std::io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -69,6 +92,7 @@ pub async fn serve(
         http,
         inherits_nodelay,
         stop_http: stop_rx.clone(),
+        tls,
     });
     let acceptor = tokio::spawn(accept_loop(listener, shared, accepting_stopped));
     shutdown.await;
@@ -109,7 +133,36 @@ async fn accept_loop(
         if !shared.inherits_nodelay {
             let _ = stream.set_nodelay(true);
         }
-        tokio::spawn(connection(stream, remote, shared.clone()));
+        match &shared.tls {
+            // TLS connections take hyper's way (the first-read path reads a TcpStream).
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                tokio::spawn(Box::pin(tls_connection(
+                    stream,
+                    remote,
+                    shared.clone(),
+                    acceptor,
+                )));
+            }
+            None => {
+                tokio::spawn(connection(stream, remote, shared.clone()));
+            }
+        }
+    }
+}
+
+/// One TLS connection: the handshake within `handshake_timeout`, then hyper and the router.
+async fn tls_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    let timeout = shared.hub.config().handshake_timeout;
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => serve_http(stream, remote, shared).await,
+        Ok(Err(error)) => tracing::debug!(%error, %remote, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
     }
 }
 
@@ -120,6 +173,8 @@ struct Shared {
     http: hyper::server::conn::http1::Builder,
     inherits_nodelay: bool,
     stop_http: watch::Receiver<bool>,
+    /// With TLS, the certificate to accept with.
+    tls: Option<Arc<Tls>>,
 }
 
 /// One accepted connection, for its whole life.
@@ -260,7 +315,10 @@ pub(crate) fn answer(
 }
 
 /// Serves one HTTP connection with hyper and the router, until it ends or the server stops.
-async fn serve_http(stream: Prefixed, remote: SocketAddr, shared: Arc<Shared>) {
+async fn serve_http<S>(stream: S, remote: SocketAddr, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let router = shared.router.clone();
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
         // Recorded as axum's `ConnectInfo`, so handlers (and ConnInfo) see the peer.
@@ -319,6 +377,7 @@ mod tests {
             http: hyper::server::conn::http1::Builder::new(),
             inherits_nodelay: true,
             stop_http,
+            tls: None,
         });
         let future = connection(stream, remote, shared);
         let size = std::mem::size_of_val(&future);
