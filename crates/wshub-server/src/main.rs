@@ -252,7 +252,19 @@ enum Sink {
 
 /// Checks every setting and path; any error names its config key.
 fn plan(settings: &Settings) -> anyhow::Result<Plan> {
-    let config = settings.hub_config();
+    let mut config = settings.hub_config();
+    let read = |key: &str| -> anyhow::Result<Option<String>> {
+        settings
+            .path(key)
+            .map(|path| {
+                std::fs::read_to_string(&path).with_context(|| {
+                    format!("invalid config `{key}`: cannot read `{}`", path.display())
+                })
+            })
+            .transpose()
+    };
+    config.jwt_public_key_pem = read("jwt_public_key")?;
+    config.jwt_jwks = read("jwt_jwks_file")?;
     config.validate()?;
     let sink = match settings.text("on_message") {
         "webhook" => {

@@ -76,6 +76,42 @@ pub const KEYS: &[Key] = &[
         "PEM private key of tls_cert (PKCS#8, PKCS#1 or SEC1).",
     ),
     key(
+        "jwt_hmac_secret",
+        Kind::Text,
+        "\"\"",
+        "JWT HMAC secret (HS256/384/512, 16 bytes or more). With any jwt_* key set, every connection needs a token (?token=, Authorization: Bearer, or a wshub.v1 connect command).",
+    ),
+    key(
+        "jwt_public_key",
+        Kind::Text,
+        "\"\"",
+        "PEM file of the JWT public key: RSA (RS*/PS*), EC (ES256/384) or Ed25519 (EdDSA).",
+    ),
+    key(
+        "jwt_jwks_file",
+        Kind::Text,
+        "\"\"",
+        "JWKS file: JWT keys chosen by the token's `kid`.",
+    ),
+    key(
+        "jwt_audience",
+        Kind::Text,
+        "\"\"",
+        "When set, a token's `aud` must hold it.",
+    ),
+    key(
+        "jwt_issuer",
+        Kind::Text,
+        "\"\"",
+        "When set, a token's `iss` must be it.",
+    ),
+    key(
+        "allow_anonymous",
+        Kind::Choice(&["true", "false"]),
+        "false",
+        "With jwt_* keys: admit connections without a token (anonymous).",
+    ),
+    key(
         "html",
         Kind::Text,
         "\"\"",
@@ -452,6 +488,13 @@ impl Settings {
             history_size: self.count("history_size"),
             history_ttl: self.duration("history_ttl"),
             max_subscriptions: self.count("max_subscriptions"),
+            jwt_hmac_secret: self.optional("jwt_hmac_secret").map(str::to_owned),
+            // Files: read by the binary's plan, which names the key when one cannot be.
+            jwt_public_key_pem: None,
+            jwt_jwks: None,
+            jwt_audience: self.optional("jwt_audience").map(str::to_owned),
+            jwt_issuer: self.optional("jwt_issuer").map(str::to_owned),
+            allow_anonymous: self.text("allow_anonymous") == "true",
         }
     }
 }

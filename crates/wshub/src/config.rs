@@ -56,6 +56,18 @@ pub struct Config {
     pub history_ttl: Duration,
     /// Channels one connection may be subscribed to at once (0 = no limit); over it, 429.
     pub max_subscriptions: usize,
+    /// JWT HMAC secret (HS256/384/512). With any `jwt_*` key set, connections need a token.
+    pub jwt_hmac_secret: Option<String>,
+    /// JWT public key, PEM text (RSA → RS*/PS*, EC → ES256/384, Ed25519 → EdDSA).
+    pub jwt_public_key_pem: Option<String>,
+    /// A JWKS document (JSON text): keys chosen by the token's `kid`.
+    pub jwt_jwks: Option<String>,
+    /// When set, a token's `aud` must hold it.
+    pub jwt_audience: Option<String>,
+    /// When set, a token's `iss` must be it.
+    pub jwt_issuer: Option<String>,
+    /// With JWT keys set: whether connections without a token are admitted (anonymous).
+    pub allow_anonymous: bool,
 }
 
 impl Default for Config {
@@ -81,6 +93,12 @@ impl Default for Config {
             history_size: 100,
             history_ttl: Duration::from_secs(300),
             max_subscriptions: 128,
+            jwt_hmac_secret: None,
+            jwt_public_key_pem: None,
+            jwt_jwks: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            allow_anonymous: false,
         }
     }
 }
@@ -165,7 +183,23 @@ impl Config {
                 );
             }
         }
+        crate::auth::Verifier::from_config(self)?;
         Ok(())
+    }
+
+    /// Whether connections must show a token (a `jwt_*` key is set).
+    pub fn requires_tokens(&self) -> bool {
+        self.jwt_hmac_secret.is_some()
+            || self.jwt_public_key_pem.is_some()
+            || self.jwt_jwks.is_some()
+    }
+}
+
+/// Whether a channel pattern (an exact name, or a prefix ending in `*`) admits `channel`.
+pub(crate) fn pattern_matches(pattern: &str, channel: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => channel.starts_with(prefix),
+        None => pattern == channel,
     }
 }
 
@@ -174,10 +208,7 @@ impl Config {
     pub fn channel_allowed(&self, channel: &str) -> bool {
         self.channels
             .iter()
-            .any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => channel.starts_with(prefix),
-                None => pattern == channel,
-            })
+            .any(|pattern| pattern_matches(pattern, channel))
     }
 }
 

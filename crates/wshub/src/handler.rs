@@ -26,6 +26,8 @@ pub struct ConnInfo {
     pub(crate) uri: Uri,
     /// `None` unless the handler keeps headers: a boxed map costs 8 bytes when absent.
     pub(crate) headers: Option<Box<HeaderMap>>,
+    /// The token's `sub`, when the upgrade request carried a valid one.
+    pub(crate) user: Option<std::sync::Arc<str>>,
 }
 
 /// What [`ConnInfo::headers`] shows when none were kept.
@@ -35,6 +37,13 @@ impl ConnInfo {
     /// The connection's id in its hub.
     pub fn id(&self) -> ConnId {
         self.id
+    }
+    /// The user (the token's `sub`) when the upgrade request carried a valid JWT
+    /// (`?token=` or `Authorization: Bearer`); `None` without authentication, for
+    /// anonymous connections, and for `wshub.v1` clients that send their token in
+    /// `connect` (the session knows them).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
     /// The peer's address, when the server knows it (always with [`crate::serve`]).
     pub fn remote_addr(&self) -> Option<SocketAddr> {

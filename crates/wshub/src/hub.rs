@@ -12,10 +12,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
+use crate::auth::Verifier;
 use crate::broker::{
     Broker, Event, Health, History, HistoryLimits, Member, MemoryBroker, NodeInfo, NodeLink,
     NodeStats, StreamPosition,
@@ -90,6 +92,21 @@ struct Inner {
     channels: Arc<Channels>,
     /// Orders, keeps and spreads channel publications; delivers them back to `channels`.
     broker: Arc<dyn Broker>,
+    /// Checks tokens, when `jwt_*` keys are configured.
+    auth: Option<Arc<Verifier>>,
+    /// When connections are to be closed because their identity runs out.
+    deadlines: Mutex<Deadlines>,
+    /// Wakes the deadline task when an earlier deadline is set (its own allocation, so
+    /// the task can wait on it without keeping the hub alive).
+    deadline_set: Arc<Notify>,
+}
+
+/// Connections' deadlines: a token's `exp` (4002), or the wait for `connect` (4001).
+#[derive(Default)]
+struct Deadlines {
+    by_time: std::collections::BTreeMap<(Instant, ConnId), (u16, &'static str)>,
+    by_conn: HashMap<ConnId, Instant>,
+    task_started: bool,
 }
 
 /// Why a new connection is refused before its upgrade (the server answers 503).
@@ -140,6 +157,7 @@ impl Hub {
         broker: Arc<dyn Broker>,
     ) -> Result<Hub, ConfigError> {
         config.validate()?;
+        let config_for_auth = config.clone();
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
         let compression = Arc::new(Policy::new(config.compression, config.compression_min_size));
         let channels = Arc::new(Channels::new(compression.clone()));
@@ -182,6 +200,12 @@ impl Hub {
                 compression,
                 channels,
                 broker,
+                auth: crate::auth::Verifier::from_config(&config_for_auth)
+                    .ok()
+                    .flatten()
+                    .map(Arc::new),
+                deadlines: Mutex::default(),
+                deadline_set: Arc::new(Notify::new()),
             }
         });
         Ok(Hub { inner })
@@ -202,6 +226,21 @@ impl Hub {
     /// Checks a channel name against the naming rules and the `channels` patterns:
     /// 400 for a bad name, 404 when no pattern admits it.
     pub fn check_channel(&self, channel: &str) -> Result<(), ProtocolError> {
+        self.check_channel_name(channel)?;
+        if !self.inner.config.channel_allowed(channel) {
+            return Err(ProtocolError::new(
+                404,
+                format!(
+                    "unknown channel `{channel}`: no pattern in `channels` ({}) matches it",
+                    self.inner.config.channels.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The naming rules alone: 1 to 255 bytes, no spaces or control characters (400).
+    pub(crate) fn check_channel_name(&self, channel: &str) -> Result<(), ProtocolError> {
         if channel.is_empty() || channel.len() > 255 {
             return Err(ProtocolError::new(
                 400,
@@ -212,15 +251,6 @@ impl Hub {
             return Err(ProtocolError::new(
                 400,
                 format!("invalid channel name {channel:?}: no spaces or control characters"),
-            ));
-        }
-        if !self.inner.config.channel_allowed(channel) {
-            return Err(ProtocolError::new(
-                404,
-                format!(
-                    "unknown channel `{channel}`: no pattern in `channels` ({}) matches it",
-                    self.inner.config.channels.join(", ")
-                ),
             ));
         }
         Ok(())
@@ -294,12 +324,16 @@ impl Hub {
 
     /// Removes a connection from a channel: presence leave, and the node's interest when
     /// it was the last subscriber here.
-    pub(crate) async fn leave_channel(&self, channel: &str, id: ConnId) {
+    pub(crate) async fn leave_channel(&self, channel: &str, id: ConnId, user: Option<Arc<str>>) {
         let (was, last) = self.inner.channels.remove(channel, id);
         if !was {
             return;
         }
-        if let Err(error) = self.broker().leave(channel, Member::local(id)).await {
+        let member = Member {
+            user,
+            ..Member::local(id)
+        };
+        if let Err(error) = self.broker().leave(channel, member).await {
             tracing::warn!(%error, channel, "presence leave failed");
         }
         if last && let Err(error) = self.broker().unsubscribe(channel).await {
@@ -328,6 +362,45 @@ impl Hub {
         let message = message.into();
         self.inner.broker.broadcast(&message);
         self.inner.broadcast_here(message)
+    }
+
+    /// The token checker, when `jwt_*` keys are configured.
+    pub(crate) fn auth(&self) -> Option<&Verifier> {
+        self.inner.auth.as_deref()
+    }
+
+    /// Closes connection `id` with `code` at `at`, unless its deadline is set again or
+    /// cleared first (one deadline per connection).
+    pub(crate) fn set_deadline(&self, id: ConnId, at: Instant, code: u16, reason: &'static str) {
+        let mut deadlines = self
+            .inner
+            .deadlines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = deadlines.by_conn.insert(id, at) {
+            deadlines.by_time.remove(&(old, id));
+        }
+        deadlines.by_time.insert((at, id), (code, reason));
+        if !std::mem::replace(&mut deadlines.task_started, true) {
+            tokio::spawn(close_at_deadlines(
+                Arc::downgrade(&self.inner),
+                self.inner.deadline_set.clone(),
+            ));
+        }
+        drop(deadlines);
+        self.inner.deadline_set.notify_one();
+    }
+
+    /// Forgets connection `id`'s deadline.
+    pub(crate) fn clear_deadline(&self, id: ConnId) {
+        let mut deadlines = self
+            .inner
+            .deadlines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = deadlines.by_conn.remove(&id) {
+            deadlines.by_time.remove(&(at, id));
+        }
     }
 
     /// The broker's view of its engine (`GET /healthz`).
@@ -482,6 +555,48 @@ impl Hub {
     }
 }
 
+/// Closes connections whose deadline passed; sleeps until the next one (or a new one).
+async fn close_at_deadlines(weak: std::sync::Weak<Inner>, deadline_set: Arc<Notify>) {
+    loop {
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let (due, next) = {
+            let mut deadlines = inner
+                .deadlines
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let mut due = Vec::new();
+            while let Some(entry) = deadlines.by_time.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let ((_, id), reason) = entry.remove_entry();
+                deadlines.by_conn.remove(&id);
+                due.push((id, reason));
+            }
+            (due, deadlines.by_time.keys().next().map(|(at, _)| *at))
+        };
+        for (id, (code, reason)) in due {
+            let outbox = lock(&inner.shards[(id.0 % SHARDS as u64) as usize])
+                .get(&id)
+                .cloned();
+            if let Some(outbox) = outbox {
+                outbox.close(CloseReason::new(code, reason));
+            }
+        }
+        drop(inner);
+        let wake = deadline_set.notified();
+        // Idle, it looks again every minute: it ends within one after its hub.
+        let until = next.unwrap_or_else(|| now + std::time::Duration::from_secs(60));
+        tokio::select! {
+            () = tokio::time::sleep_until(until.into()) => {}
+            () = wake => {}
+        }
+    }
+}
+
 impl Inner {
     /// Sends `message` to every connection of this node.
     fn broadcast_here(&self, message: Message) -> usize {
@@ -548,6 +663,7 @@ impl Registration {
     /// Removes the connection from the registry: nothing more is queued for it.
     pub(crate) fn leave(&self) {
         lock(self.hub.shard(self.id)).remove(&self.id);
+        self.hub.clear_deadline(self.id);
     }
 }
 

@@ -57,6 +57,7 @@
 //!   limits and graceful shutdown; `upgrade`, HTTP → WebSocket checks (version, key,
 //!   origin) and the 101; `prefixed`, a stream with its first bytes already read.
 
+mod auth;
 mod broker;
 mod channels;
 mod compression;
@@ -73,6 +74,7 @@ mod wire;
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use auth::{AuthError, Identity};
 pub use broker::redis::{RedisBroker, RedisOptions, check_node_name};
 pub use broker::{
     Broker, BrokerError, BrokerFuture, Deliver, Event, Health, History, HistoryLimits,

@@ -60,12 +60,18 @@ pub struct Member {
     pub conn: ConnId,
     /// The node it is on, when the broker spans several (`None` on a single node).
     pub node: Option<Arc<str>>,
+    /// The user (a token's `sub`), when the connection has one.
+    pub user: Option<Arc<str>>,
 }
 
 impl Member {
     /// A connection of this node, before the broker says which node that is.
     pub fn local(conn: ConnId) -> Member {
-        Member { conn, node: None }
+        Member {
+            conn,
+            node: None,
+            user: None,
+        }
     }
 
     /// The id clients see: `17` on a single node, `17@node-a` across nodes, so ids of
@@ -86,6 +92,7 @@ impl Member {
         Some(Member {
             conn: ConnId(conn.parse::<u64>().ok()?),
             node,
+            user: None,
         })
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct Command {
     pub(crate) presence_events: bool,
     /// `history`: the newest `limit` publications.
     pub(crate) limit: Option<usize>,
+    /// `connect`, `refresh`: the JWT.
+    pub(crate) token: Option<String>,
 }
 
 /// A stream position as a client sends it.
@@ -153,10 +155,22 @@ pub(crate) fn push(channel: &str, publication: &Publication) -> Message {
 /// A join or leave event frame.
 pub(crate) fn presence_event(channel: &str, kind: &str, member: &Member) -> Message {
     Message::text(format!(
-        r#"{{"channel":{},"{kind}":{{"conn":{}}}}}"#,
+        r#"{{"channel":{},"{kind}":{}}}"#,
         json_string(channel),
-        json_string(&member.key())
+        member_object(member)
     ))
+}
+
+/// `{"conn": "17"}`, with `"user"` when the connection has one.
+fn member_object(member: &Member) -> String {
+    match &member.user {
+        Some(user) => format!(
+            r#"{{"conn":{},"user":{}}}"#,
+            json_string(&member.key()),
+            json_string(user)
+        ),
+        None => format!(r#"{{"conn":{}}}"#, json_string(&member.key())),
+    }
 }
 
 /// The push telling subscribers that publications before `position` were lost on the way
@@ -185,10 +199,7 @@ pub(crate) fn publications(channel: &str, history: &History) -> String {
 
 /// A presence result: `{"count": n, "members": [{"conn": "…"}]}`.
 pub(crate) fn members(members: &[Member]) -> String {
-    let list: Vec<String> = members
-        .iter()
-        .map(|m| format!(r#"{{"conn":{}}}"#, json_string(&m.key())))
-        .collect();
+    let list: Vec<String> = members.iter().map(member_object).collect();
     format!(
         r#"{{"count":{},"members":[{}]}}"#,
         members.len(),

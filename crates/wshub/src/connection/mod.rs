@@ -19,6 +19,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::auth::Auth;
 use crate::connection::session::Session;
 use crate::handler::ConnInfo;
 use crate::hub::{Hub, Registration};
@@ -86,6 +87,8 @@ pub(crate) struct Request {
     pub(crate) structured: bool,
     /// permessage-deflate was agreed: inbound messages may be compressed.
     pub(crate) compressed: bool,
+    /// Who the client is, as far as the upgrade request showed.
+    pub(crate) auth: crate::auth::Auth,
 }
 
 /// Runs one connection to its end: reads, writes and closes `socket`.
@@ -102,14 +105,34 @@ pub(crate) fn run(
     registration: Registration,
     request: Request,
 ) -> impl Future<Output = ()> + Send {
+    let pending = matches!(request.auth, Auth::Pending);
+    let identity = match request.auth {
+        Auth::User(identity) => Some(identity),
+        Auth::Open | Auth::Pending => None,
+    };
+    let hub = &registration.hub;
+    if pending {
+        hub.set_deadline(
+            registration.id,
+            std::time::Instant::now() + hub.config().handshake_timeout,
+            4001,
+            "unauthorized: no connect command within handshake_timeout",
+        );
+    }
+    if let Some(at) = identity.as_ref().and_then(|identity| identity.expires_at) {
+        hub.set_deadline(registration.id, instant_of(at), 4002, "token expired");
+    }
     // Boxed: 224 bytes that the task would otherwise carry inline, padded to its layout.
     let info = Box::new(ConnInfo {
         id: registration.id,
         remote_addr: request.remote_addr,
         uri: request.uri,
         headers: request.headers,
+        user: identity.as_ref().map(|identity| identity.user.clone()),
     });
-    let structured = request.structured;
+    let session = request
+        .structured
+        .then(|| Box::new(Session::new(identity, pending)));
     let Socket {
         mut read,
         write,
@@ -130,7 +153,7 @@ pub(crate) fn run(
         tracing::debug!(conn_id = %info.id, remote = ?info.remote_addr, "connected");
         hub.handler().on_connect(hub, &info).await;
 
-        let mut session = structured.then(Box::<Session>::default);
+        let mut session = session;
         let end = {
             let pump = pump(
                 &mut read,
@@ -166,6 +189,13 @@ pub(crate) fn run(
         hub.handler().on_disconnect(hub, &info, &reason).await;
         drop(registration);
     }
+}
+
+/// The `Instant` of a wall-clock time (now, if it has passed).
+pub(crate) fn instant_of(at: std::time::SystemTime) -> std::time::Instant {
+    std::time::Instant::now()
+        + at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
 }
 
 /// Reading, keepalive and the write deadline, interleaved; returns why the connection
@@ -389,6 +419,7 @@ mod tests {
             uri: http::Uri::default(),
             headers: None,
             structured: false,
+            auth: crate::auth::Auth::Open,
             compressed: false,
         };
         let (socket, _peer) = tokio::io::duplex(64);

@@ -10,21 +10,127 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use crate::auth::{AuthError, Identity};
 use crate::broker::{Member, StreamPosition};
 use crate::channels::protocol::{self, Command, ProtocolError};
 use crate::channels::{AddError, push_or_evict};
 use crate::hub::{Hub, Registration};
-use crate::message::Message;
+use crate::message::{CloseReason, Message};
 
-/// The subscriptions of one `wshub.v1` connection.
+/// The subscriptions of one `wshub.v1` connection, and who it is.
 #[derive(Default)]
 pub(crate) struct Session {
     subscriptions: HashSet<Arc<str>>,
+    /// The verified token's identity (from the upgrade request or `connect`).
+    identity: Option<Box<Identity>>,
+    /// Authentication is required and `connect` has not come yet.
+    pending: bool,
 }
 
-const COMMANDS: &str = "subscribe, unsubscribe, publish, presence, history, ping";
+const COMMANDS: &str = "connect, refresh, subscribe, unsubscribe, publish, presence, history, ping";
 
 impl Session {
+    pub(crate) fn new(identity: Option<Box<Identity>>, pending: bool) -> Session {
+        Session {
+            subscriptions: HashSet::new(),
+            identity,
+            pending,
+        }
+    }
+
+    /// The user, when the connection has a verified identity.
+    pub(crate) fn user(&self) -> Option<Arc<str>> {
+        self.identity.as_ref().map(|identity| identity.user.clone())
+    }
+
+    /// `connect` and `refresh`: checks the token; `Ok` is the reply.
+    fn authenticate(
+        &mut self,
+        hub: &Hub,
+        registration: &Registration,
+        command: &Command,
+    ) -> Result<String, ProtocolError> {
+        let Some(verifier) = hub.auth() else {
+            return Err(ProtocolError::new(
+                400,
+                format!(
+                    "`{}`: this hub does not authenticate (no jwt_* key)",
+                    command.cmd
+                ),
+            ));
+        };
+        let token = command
+            .token
+            .as_deref()
+            .ok_or_else(|| ProtocolError::new(400, format!("`{}` needs a `token`", command.cmd)))?;
+        let refreshing = command.cmd == "refresh";
+        if !refreshing && self.identity.is_some() {
+            return Err(ProtocolError::new(
+                409,
+                "already connected: send `refresh` to renew the token",
+            ));
+        }
+        if refreshing && self.identity.is_none() {
+            return Err(ProtocolError::new(
+                409,
+                "not connected with a token: send `connect`",
+            ));
+        }
+        let identity = match verifier.verify(token) {
+            Ok(identity) => identity,
+            // A bad token in `connect` ends the connection; in `refresh`, the old one
+            // stays good until its `exp`.
+            Err(error) if refreshing => {
+                return Err(ProtocolError::new(401, format!("refresh refused: {error}")));
+            }
+            Err(AuthError::Expired) => {
+                registration
+                    .outbox
+                    .close(CloseReason::new(4002, "token expired"));
+                return Err(ProtocolError::new(401, "token expired"));
+            }
+            Err(AuthError::Invalid(why)) => {
+                registration
+                    .outbox
+                    .close(CloseReason::new(4001, format!("unauthorized: {why}")));
+                return Err(ProtocolError::new(401, format!("unauthorized: {why}")));
+            }
+        };
+        if let Some(current) = &self.identity
+            && current.user != identity.user
+        {
+            return Err(ProtocolError::new(
+                403,
+                format!(
+                    "refresh with another user's token (`{}`, connected as `{}`)",
+                    identity.user, current.user
+                ),
+            ));
+        }
+        match identity.expires_at {
+            Some(at) => hub.set_deadline(
+                registration.id,
+                super::instant_of(at),
+                4002,
+                "token expired",
+            ),
+            None => hub.clear_deadline(registration.id),
+        }
+        let expires_in = identity
+            .expires_in()
+            .map_or_else(|| "null".to_owned(), |s| s.to_string());
+        let reply = if refreshing {
+            format!(r#"{{"expires_in":{expires_in}}}"#)
+        } else {
+            format!(
+                r#"{{"user":{},"expires_in":{expires_in}}}"#,
+                serde_json::Value::from(&*identity.user)
+            )
+        };
+        self.identity = Some(Box::new(identity));
+        self.pending = false;
+        Ok(reply)
+    }
     /// Runs one inbound frame as a command and queues the reply.
     pub(crate) async fn handle(&mut self, hub: &Hub, registration: &Registration, frame: Message) {
         let reply = match frame.as_text() {
@@ -56,6 +162,18 @@ impl Session {
         registration: &Registration,
         command: Command,
     ) -> Result<Option<String>, ProtocolError> {
+        if matches!(command.cmd.as_str(), "connect" | "refresh") {
+            return self.authenticate(hub, registration, &command).map(Some);
+        }
+        if self.pending {
+            return Err(ProtocolError::new(
+                401,
+                format!(
+                    "`{}` before `connect`: send {{\"cmd\": \"connect\", \"token\": \"…\"}} first",
+                    command.cmd
+                ),
+            ));
+        }
         let channel = || {
             command.channel.as_deref().ok_or_else(|| {
                 ProtocolError::new(400, format!("`{}` needs a `channel`", command.cmd))
@@ -65,7 +183,7 @@ impl Session {
             "ping" => Ok(Some("{}".to_owned())),
             "subscribe" => {
                 let channel = channel()?;
-                hub.check_channel(channel)?;
+                self.check_subscribe(hub, channel)?;
                 let limit = hub.config().max_subscriptions;
                 if limit > 0 && self.subscriptions.len() >= limit {
                     return Err(ProtocolError::new(
@@ -93,16 +211,28 @@ impl Session {
                         format!("not subscribed to `{channel}`"),
                     ));
                 }
-                hub.leave_channel(channel, registration.id).await;
+                hub.leave_channel(channel, registration.id, self.user())
+                    .await;
                 Ok(Some("{}".to_owned()))
             }
             "publish" => {
                 let channel = channel()?;
-                if !hub.config().client_publish {
-                    return Err(ProtocolError::new(
-                        403,
-                        "clients may not publish here (client_publish = false)",
-                    ));
+                hub.check_channel_name(channel)?;
+                match self.identity.as_ref().and_then(|i| i.may_publish(channel)) {
+                    Some(true) => {}
+                    Some(false) => {
+                        return Err(ProtocolError::new(
+                            403,
+                            format!("your token's `publish` does not admit `{channel}`"),
+                        ));
+                    }
+                    None if !hub.config().client_publish => {
+                        return Err(ProtocolError::new(
+                            403,
+                            "clients may not publish here (client_publish = false)",
+                        ));
+                    }
+                    None => {}
                 }
                 let data = command
                     .data
@@ -132,6 +262,26 @@ impl Session {
                 405,
                 format!("unknown command `{other}`; expected one of {COMMANDS}"),
             )),
+        }
+    }
+
+    /// Channel rules for a subscription: the name, then the token's `channels` when it
+    /// has them (403), else the config's `channels` (404).
+    fn check_subscribe(&self, hub: &Hub, channel: &str) -> Result<(), ProtocolError> {
+        match self
+            .identity
+            .as_ref()
+            .and_then(|i| i.may_subscribe(channel))
+        {
+            Some(true) => hub.check_channel_name(channel),
+            Some(false) => {
+                hub.check_channel_name(channel)?;
+                Err(ProtocolError::new(
+                    403,
+                    format!("your token's `channels` do not admit `{channel}`"),
+                ))
+            }
+            None => hub.check_channel(channel),
         }
     }
 
@@ -183,7 +333,10 @@ impl Session {
         let reply = protocol::reply(id, &protocol::position(&history.position, &extra));
         channels.go_live(channel, registration.id, &history, reply);
         self.subscriptions.insert(channel.into());
-        let member = Member::local(registration.id);
+        let member = Member {
+            user: self.user(),
+            ..Member::local(registration.id)
+        };
         if let Err(error) = broker.join(channel, member).await {
             tracing::warn!(%error, channel, "presence join failed");
         }
@@ -192,8 +345,10 @@ impl Session {
 
     /// Leaves every channel (the connection has ended).
     pub(crate) async fn end(self, hub: &Hub, registration: &Registration) {
+        let user = self.user();
         for channel in self.subscriptions {
-            hub.leave_channel(&channel, registration.id).await;
+            hub.leave_channel(&channel, registration.id, user.clone())
+                .await;
         }
     }
 }

@@ -16,6 +16,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::auth::{Auth, AuthError};
 use crate::compression;
 use crate::connection::{self, Socket};
 use crate::http::prefixed::Prefixed;
@@ -31,7 +32,7 @@ impl Hub {
 
 /// The axum handler behind [`Hub::endpoint`].
 async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
-    let accepted = match check(request.headers(), &hub) {
+    let mut accepted = match check(request.headers(), request.uri().query(), &hub) {
         Ok(accepted) => accepted,
         Err((status, message)) => return refuse(status, &message),
     };
@@ -69,6 +70,7 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
         }),
         structured: accepted.structured,
         compressed: accepted.deflate.is_some(),
+        auth: std::mem::replace(&mut accepted.auth, Auth::Open),
     };
     // One task for the connection's whole life: it waits for hyper to hand over the socket
     // (after our 101 is written), then runs the connection in the same place (`then`).
@@ -107,7 +109,11 @@ pub(crate) fn accept_parsed(
     hub: &Hub,
     remote_addr: SocketAddr,
 ) -> Option<(Vec<u8>, Registration, connection::Request)> {
-    let accepted = check(head.headers, hub).ok()?;
+    let query = head
+        .path
+        .and_then(|path| path.split_once('?'))
+        .map(|(_, query)| query);
+    let mut accepted = check(head.headers, query, hub).ok()?;
     let admission = hub.admit(Some(remote_addr.ip())).ok()?;
     let registration = hub.register(admission, accepted.deflate);
     let request = connection::Request {
@@ -119,6 +125,7 @@ pub(crate) fn accept_parsed(
         }),
         structured: accepted.structured,
         compressed: accepted.deflate.is_some(),
+        auth: std::mem::replace(&mut accepted.auth, Auth::Open),
     };
     let mut response = Vec::with_capacity(256);
     response.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
@@ -153,6 +160,8 @@ struct Accepted {
     structured: bool,
     /// permessage-deflate, when it is on and the client offered something we can honour.
     deflate: Option<compression::Agreement>,
+    /// Who the client is, as far as the request shows.
+    auth: Auth,
 }
 
 impl Accepted {
@@ -279,7 +288,11 @@ impl Headers for [httparse::Header<'_>] {
 }
 
 /// Checks the upgrade request against every rule and decides what it gets.
-fn check(headers: &(impl Headers + ?Sized), hub: &Hub) -> Result<Accepted, Rejection> {
+fn check(
+    headers: &(impl Headers + ?Sized),
+    query: Option<&str>,
+    hub: &Hub,
+) -> Result<Accepted, Rejection> {
     let config = hub.config();
     if !headers.has_token("connection", "upgrade") || !headers.has_token("upgrade", "websocket") {
         return Err((
@@ -350,11 +363,47 @@ fn check(headers: &(impl Headers + ?Sized), hub: &Hub) -> Result<Accepted, Rejec
         .filter_map(|value| std::str::from_utf8(value).ok())
         .flat_map(|value| value.split(','))
         .any(|offered| offered.trim() == crate::channels::protocol::SUBPROTOCOL);
+    let auth = authenticate(headers, query, hub, structured)?;
     Ok(Accepted {
         key: key.to_owned(),
         structured,
         deflate,
+        auth,
     })
+}
+
+/// The identity rules of an upgrade: a token in the request is checked now (401 with the
+/// reason); without one, a `wshub.v1` client may still send `connect`, anyone else needs
+/// `allow_anonymous`.
+fn authenticate(
+    headers: &(impl Headers + ?Sized),
+    query: Option<&str>,
+    hub: &Hub,
+    structured: bool,
+) -> Result<Auth, Rejection> {
+    let Some(verifier) = hub.auth() else {
+        return Ok(Auth::Open);
+    };
+    match crate::auth::token_of(query, headers.first("authorization")) {
+        Some(token) => match verifier.verify(&token) {
+            Ok(identity) => Ok(Auth::User(Box::new(identity))),
+            Err(AuthError::Expired) => {
+                Err((StatusCode::UNAUTHORIZED, Cow::Borrowed("token expired")))
+            }
+            Err(AuthError::Invalid(why)) => Err((
+                StatusCode::UNAUTHORIZED,
+                Cow::Owned(format!("unauthorized: {why}")),
+            )),
+        },
+        None if hub.config().allow_anonymous => Ok(Auth::Open),
+        None if structured => Ok(Auth::Pending),
+        None => Err((
+            StatusCode::UNAUTHORIZED,
+            Cow::Borrowed(
+                "unauthorized: a token is required (?token=…, Authorization: Bearer …, or a wshub.v1 `connect` command)",
+            ),
+        )),
+    }
 }
 
 /// A key is 16 random bytes in base64: 22 significant characters and `==`.

@@ -21,7 +21,7 @@
 //! every few seconds for quiet channels, the node compares each channel's position in
 //! Redis with what it delivered and fills the difference.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -102,8 +102,9 @@ struct Shared {
     interest: tokio::sync::Mutex<HashMap<Arc<str>, usize>>,
     /// What was delivered last per subscribed channel (epoch "" before any publication).
     delivered: Mutex<HashMap<Arc<str>, StreamPosition>>,
-    /// This node's presence entries, refreshed every third of `presence_ttl`.
-    present: Mutex<HashMap<Arc<str>, BTreeSet<String>>>,
+    /// This node's presence entries (member key → user), refreshed every third of
+    /// `presence_ttl`.
+    present: Mutex<HashMap<Arc<str>, BTreeMap<String, String>>>,
     health: Mutex<Health>,
     gaps_filled: AtomicU64,
     gaps_unfillable: AtomicU64,
@@ -405,12 +406,12 @@ impl Shared {
                 }
             }
             Some((b'j', member)) => {
-                if let Some(member) = std::str::from_utf8(member).ok().and_then(Member::from_key) {
+                if let Some(member) = parse_member(member) {
                     self.deliver(channel, Event::Join(member));
                 }
             }
             Some((b'l', member)) => {
-                if let Some(member) = std::str::from_utf8(member).ok().and_then(Member::from_key) {
+                if let Some(member) = parse_member(member) {
                     self.deliver(channel, Event::Leave(member));
                 }
             }
@@ -648,11 +649,12 @@ impl Shared {
     }
 
     async fn join(&self, channel: &str, member: Member) -> Result<(), BrokerError> {
+        let user = member.user.as_deref().unwrap_or("").to_owned();
         let key = self.member(member).key();
         lock(&self.present)
             .entry(channel.into())
             .or_default()
-            .insert(key.clone());
+            .insert(key.clone(), user.clone());
         let ttl = millis(self.options.presence_ttl);
         let (hash, expiry) = (
             self.key(channel, "presence"),
@@ -661,19 +663,20 @@ impl Shared {
         let mut commands = self.commands.clone();
         redis::pipe()
             .atomic()
-            .hset(&hash, &key, "")
+            .hset(&hash, &key, &user)
             .zadd(&expiry, &key, now_ms() + ttl)
             .pexpire(&hash, ttl as i64)
             .pexpire(&expiry, ttl as i64)
             .cmd(self.commands.publish_command())
             .arg(self.pubsub_channel(channel))
-            .arg(format!("j{key}"))
+            .arg(format!("j{key}\n{user}"))
             .exec_async(&mut commands)
             .await
             .map_err(broker_error)
     }
 
     async fn leave(&self, channel: &str, member: Member) -> Result<(), BrokerError> {
+        let user = member.user.as_deref().unwrap_or("").to_owned();
         let key = self.member(member).key();
         {
             let mut present = lock(&self.present);
@@ -691,7 +694,7 @@ impl Shared {
             .zrem(self.key(channel, "presence:exp"), &key)
             .cmd(self.commands.publish_command())
             .arg(self.pubsub_channel(channel))
-            .arg(format!("l{key}"))
+            .arg(format!("l{key}\n{user}"))
             .exec_async(&mut commands)
             .await
             .map_err(broker_error)
@@ -717,19 +720,17 @@ impl Shared {
             .hset(&nodes, &self.options.node_name, report)
             .zadd(&nodes_expiry, &self.options.node_name, now + ttl);
         let mut groups = vec![report_group];
-        let present: Vec<(Arc<str>, Vec<String>)> = lock(&self.present)
-            .iter()
-            .map(|(channel, members)| (channel.clone(), members.iter().cloned().collect()))
-            .collect();
+        // A copy, so the lock is not held across the round trip.
+        let present = lock(&self.present).clone();
         for (channel, members) in &present {
             let (hash, expiry) = (
                 self.key(channel, "presence"),
                 self.key(channel, "presence:exp"),
             );
             let mut group = redis::pipe();
-            for member in members {
+            for (member, user) in members {
                 group
-                    .hset(&hash, member, "")
+                    .hset(&hash, member, user)
                     .zadd(&expiry, member, now + ttl);
             }
             group
@@ -739,6 +740,20 @@ impl Shared {
         }
         self.commands.run_groups(groups).await.map_err(broker_error)
     }
+}
+
+/// `<key>\n<user>` (a join or leave) → a member.
+fn parse_member(payload: &[u8]) -> Option<Member> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (key, user) = text.split_once('\n').unwrap_or((text, ""));
+    member_with_user(key, user)
+}
+
+fn member_with_user(key: &str, user: &str) -> Option<Member> {
+    Some(Member {
+        user: (!user.is_empty()).then(|| user.into()),
+        ..Member::from_key(key)?
+    })
 }
 
 /// `<offset>:<epoch>:<data>` → a publication.
@@ -938,7 +953,7 @@ impl Broker for RedisBroker {
                 .await?;
             let mut members: Vec<Member> = pairs
                 .iter()
-                .filter_map(|(key, _)| Member::from_key(key))
+                .filter_map(|(key, user)| member_with_user(key, user))
                 .collect();
             members.sort();
             Ok(members)
