@@ -46,8 +46,8 @@ function fakeSockets() {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function until(condition, what = "condition") {
-  for (let i = 0; i < 400; i++) {
+async function until(condition, what = "condition", rounds = 400) {
+  for (let i = 0; i < rounds; i++) {
     if (condition()) return;
     await sleep(5);
   }
@@ -175,6 +175,42 @@ test("a resync push (a gap the server could not fill) moves the position and emi
   assert.deepEqual(events, ["pub e1/3", "resync e1/8", "pub e1/9", "resync e2/0", "pub e2/1"]);
   assert.deepEqual([sub.epoch, sub.offset], ["e2", 1]);
   client.close();
+});
+
+test("token: connect first, refresh in place before expires_in, 4002 reconnects with a new token, 4001 stops", async () => {
+  let n = 0;
+  const { client, sockets, socket } = setup({ token: async () => `t${++n}` });
+  const errors = [];
+  client.on("error", (error) => errors.push(error.code));
+  const sub = client.subscribe("room");
+  client.connect();
+  socket().open();
+  await until(() => socket().sent.length === 1, "connect");
+  const connect = socket().last("connect");
+  assert.deepEqual(connect, { id: connect.id, cmd: "connect", token: "t1" });
+  assert.equal(client.state, "connecting", "not connected before the server took the token");
+  assert.equal(socket().last("subscribe"), undefined, "nothing before connect");
+  socket().reply(connect, { user: "alice", expires_in: 1 });
+  await until(() => client.state === "connected", "connected");
+  assert.equal(client.user, "alice");
+  assert.ok(socket().last("subscribe"));
+  // expires_in 1 s: refreshed at once (at least 1 s), on the same socket.
+  await until(() => socket().last("refresh"), "a refresh", 300);
+  const refresh = socket().last("refresh");
+  assert.equal(refresh.token, "t2");
+  socket().reply(refresh, { expires_in: 3600 });
+  assert.equal(sockets.length, 1, "no reconnect");
+
+  socket().drop(4002);
+  await until(() => sockets.length === 2, "a reconnect");
+  socket().open();
+  await until(() => socket().last("connect"), "connect again");
+  assert.equal(socket().last("connect").token, "t3");
+  socket().drop(4001);
+  await sleep(20);
+  assert.equal(sockets.length, 2, "4001: no more attempts");
+  assert.deepEqual(errors, [4001]);
+  assert.equal(sub.state, "subscribing");
 });
 
 test("commands resolve by id, errors reject with the code, a drop rejects with code 0", async () => {

@@ -17,10 +17,13 @@ export interface Publication<T = unknown> extends StreamPosition {
 
 /** A presence member: a connection subscribed to the channel. */
 export interface Member {
+  /** Opaque: "17" on one node, "17@node-a" across nodes. */
   conn: string;
+  /** The token's `sub`, for connections that have one. */
+  user?: string;
 }
 
-/** An Error from a command; `code` is the protocol's (400, 403, 404, 405, 409, 429, 503) or 0
+/** An Error from a command; `code` is the protocol's (400, 401, 403, 404, 405, 409, 429, 503; 4001/4002 for refused tokens) or 0
  *  for a failure on this side (`timeout`, `disconnected`, `client closed`). */
 export interface CommandError extends Error {
   code: number;
@@ -41,6 +44,11 @@ export interface ClientOptions {
   timeout?: number;
   /** The WebSocket class to use (default: the global one). */
   WebSocket?: { new (url: string, protocols?: string | string[]): WebSocket };
+  /**
+   * A JWT, or a function returning one (called on every connect and before `expires_in`
+   * runs out, to refresh in place). Sent in a `connect` command before anything else.
+   */
+  token?: string | (() => string | Promise<string>);
 }
 
 export interface SubscribeOptions {
@@ -64,8 +72,11 @@ export interface Subscribed extends StreamPosition {
 
 export interface ClientEvents {
   state: State;
-  connected: {};
+  /** `user`: the token's `sub`, when a token was sent. */
+  connected: { user?: string };
   disconnected: Disconnected;
+  /** A refused token (code 4001, or 4002 with a fixed token): reconnecting stopped. */
+  error: CommandError;
 }
 
 export interface SubscriptionEvents<T = unknown> {
@@ -117,6 +128,8 @@ export declare class Client extends Emitter<ClientEvents> {
   readonly url: string;
   readonly options: Required<ClientOptions>;
   readonly state: State;
+  /** The user the server confirmed in `connect` (with a `token`). */
+  readonly user?: string;
   /** Connects, and keeps reconnecting until `close()`. */
   connect(): this;
   /** Closes and stops reconnecting; subscriptions are kept for a later `connect()`. */

@@ -27,6 +27,14 @@
 //                                 0 turns it off
 //   pongTimeout 10000             no reply to that ping in time: the link is dead, reconnect
 //   timeout 10000                 how long a command (or a connection attempt) may take
+//   token                         a JWT, or a function (async or not) returning one: sent
+//                                 in `connect` before anything else on every (re)connection;
+//                                 a function is also called before `expires_in` runs out and
+//                                 the token refreshed in place (`refresh`, no reconnect).
+//                                 Close 4001 (refused) stops reconnecting and emits `error`;
+//                                 4002 (expired) reconnects at once with a new token from
+//                                 the function (a fixed token: as 4001). `client.user` is
+//                                 the server's answer.
 //   WebSocket                     the WebSocket class to use (tests, other runtimes)
 //
 // Commands return promises of the reply's `result`; an error reply rejects with an Error
@@ -47,8 +55,9 @@
 // ({epoch, offset, recovered}), then `resync` ({epoch, offset}) if recovery was asked and
 // failed, then the recovered `publication`s ({channel, data, offset, epoch}), then
 // `recovered` ({epoch, offset, count}) if recovery was asked and succeeded, then live ones.
-// Client events: `state` (the new state), `connected`, `disconnected` ({code, reason,
-// delay}: delay is the wait before the next attempt, undefined once closed).
+// Client events: `state` (the new state), `connected` ({user}), `disconnected` ({code,
+// reason, delay}: delay is the wait before the next attempt, undefined once closed),
+// `error` (an Error with the close code 4001/4002, or a refused `refresh`).
 
 const PROTOCOL = "wshub.v1";
 
@@ -256,16 +265,61 @@ export class Client extends Emitter {
     ws.onopen = () => {
       clearTimeout(this._connecting);
       if (ws.protocol !== PROTOCOL) return this._lost(ws, 1006, `the server does not speak ${PROTOCOL}`);
-      this._attempt = 0;
       this._received = Date.now();
-      this._setState("connected");
-      this._emit("connected", {});
-      for (const sub of this._subs.values()) this._subscribe(sub);
-      for (const command of this._waiting.splice(0)) this._send(command);
-      this._heartbeat(ws);
+      if (this.options.token == null) return this._ready(ws);
+      this._authenticate(ws, "connect").then((ok) => ok && this._ready(ws));
     };
     ws.onmessage = (event) => this._frame(event.data);
     ws.onclose = (event) => this._lost(ws, event.code, event.reason);
+  }
+
+  _ready(ws) {
+    this._attempt = 0;
+    this._setState("connected");
+    this._emit("connected", { user: this.user });
+    for (const sub of this._subs.values()) this._subscribe(sub);
+    for (const command of this._waiting.splice(0)) this._send(command);
+    this._heartbeat(ws);
+  }
+
+  // `connect` (before anything else) or `refresh` (in place) with a token from the
+  // `token` option; resolves to whether the server took it.
+  async _authenticate(ws, cmd) {
+    const { token: source, timeout } = this.options;
+    let token;
+    try {
+      token = typeof source === "function" ? await source() : source;
+    } catch (error) {
+      this._emit("error", failure(0, `token: ${error}`));
+      if (cmd === "connect") this._lost(ws, 1006, "no token");
+      return false;
+    }
+    if (ws !== this._ws) return false;
+    return new Promise((resolve) => {
+      const entry = {
+        command: { cmd, token },
+        done: (error, result) => {
+          if (error) {
+            if (cmd === "refresh" && error.code) this._emit("error", error);
+            return resolve(false); // a refused `connect` ends in a close (4001/4002)
+          }
+          if (result.user != null) this.user = result.user;
+          clearTimeout(this._refresh);
+          const left = result.expires_in;
+          if (left != null && typeof source === "function") {
+            const lead = Math.min(30, left / 5); // refresh before `exp`, no reconnect
+            this._refresh = setTimeout(() => ws === this._ws && this._authenticate(ws, "refresh"), Math.max(1, left - lead) * 1000);
+          }
+          resolve(true);
+        },
+      };
+      entry.timer = setTimeout(() => {
+        this._sent.delete(entry.id);
+        entry.done(failure(0, "timeout"));
+        if (cmd === "connect") this._lost(ws, 1006, "connect timeout");
+      }, timeout);
+      this._send(entry);
+    });
   }
 
   // The connection `ws` ended (or is given up): fail what waits on it, plan the next one.
@@ -278,14 +332,23 @@ export class Client extends Emitter {
     } catch {}
     clearTimeout(this._connecting);
     clearTimeout(this._ping);
+    clearTimeout(this._refresh);
     for (const command of this._sent.values()) finish(command, failure(0, "disconnected"));
     this._sent.clear();
     for (const sub of this._subs.values()) sub.state = "subscribing";
+    // 4001: the token is refused, retrying cannot help. 4002: it expired; a `token`
+    // function gives a new one at once, a fixed token cannot.
+    const renewable = code === 4002 && typeof this.options.token === "function";
+    if (code === 4001 || (code === 4002 && !renewable)) {
+      this._active = false;
+      this._listen("removeEventListener");
+      this._emit("error", failure(code, reason));
+    }
     let delay;
     if (this._active) {
       const { minDelay, maxDelay } = this.options;
       const cap = Math.min(maxDelay, minDelay * 2 ** ++this._attempt);
-      delay = minDelay + Math.random() * (cap - minDelay);
+      delay = renewable ? 0 : minDelay + Math.random() * (cap - minDelay);
       this._retry = setTimeout(() => this._open(), delay);
     }
     this._setState("disconnected");
