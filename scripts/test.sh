@@ -21,10 +21,11 @@ step "toolchain"
 cargo --version
 rustc --version
 
-step "services the tests start (Debian's redis-server and nginx)"
+step "what the tests start (Debian's redis-server, nginx, openssl)"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v openssl >/dev/null || missing+=(openssl)   # the JWT tests make RSA keys with it
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing ${missing[*]}"

@@ -283,6 +283,139 @@ async fn public_keys_and_jwks_verify_ec_and_ed25519_tokens() {
     }
 }
 
+/// An RSA key pair made with Debian's openssl: (private PEM, public PEM).
+fn rsa_pair() -> (String, String) {
+    let dir = std::env::temp_dir().join(format!("wshub-jwt-rsa-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let private = dir.join("private.pem");
+    let public = dir.join("public.pem");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&private)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    (
+        std::fs::read_to_string(&private).unwrap(),
+        std::fs::read_to_string(&public).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn an_rsa_public_key_verifies_rs256_tokens() {
+    let (private, public) = rsa_pair();
+    let file = temp_file("jwt-rsa-public.pem", &public);
+    let server = Server::start(&["--jwt-public-key", file.to_str().unwrap()], &[]);
+    let key = EncodingKey::from_rsa_pem(private.as_bytes()).unwrap();
+    let token = encode(
+        &Header::new(Algorithm::RS256),
+        &json!({"sub": "gina", "exp": now() + 60}),
+        &key,
+    )
+    .unwrap();
+    let mut client = V1::connect(&format!("{}?token={token}", server.url())).await;
+    assert!(
+        client
+            .call(json!({"cmd": "ping"}))
+            .await
+            .get("result")
+            .is_some()
+    );
+    // Another algorithm family than the key's: refused.
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let wrong = encode(
+        &Header::new(Algorithm::ES256),
+        &json!({"sub": "gina"}),
+        &EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let (status, body) = refused(&server, &format!("/ws?token={wrong}"), "").await;
+    assert_eq!(status, 401, "{body}");
+}
+
+#[tokio::test]
+async fn a_jwks_file_picks_the_key_by_kid() {
+    use base64_url as b64;
+    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let point = ec.public_key_raw(); // 0x04 || x || y
+    let jwks = json!({"keys": [
+        {"kty": "OKP", "crv": "Ed25519", "kid": "ed-1", "alg": "EdDSA", "x": b64::encode(ed.public_key_raw())},
+        {"kty": "EC", "crv": "P-256", "kid": "ec-1", "alg": "ES256",
+         "x": b64::encode(&point[1..33]), "y": b64::encode(&point[33..65])},
+    ]});
+    let file = temp_file("jwt-jwks.json", &jwks.to_string());
+    let server = Server::start(&["--jwt-jwks-file", file.to_str().unwrap()], &[]);
+    for (kid, alg, key) in [
+        (
+            "ed-1",
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
+        ),
+        (
+            "ec-1",
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap(),
+        ),
+    ] {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.to_owned());
+        let token = encode(&header, &json!({"sub": kid, "exp": now() + 60}), &key).unwrap();
+        let mut client = V1::connect(&format!("{}?token={token}", server.url())).await;
+        assert!(
+            client
+                .call(json!({"cmd": "ping"}))
+                .await
+                .get("result")
+                .is_some(),
+            "{kid}"
+        );
+    }
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("nope".to_owned());
+    let token = encode(
+        &header,
+        &json!({"sub": "x"}),
+        &EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let (status, body) = refused(&server, &format!("/ws?token={token}"), "").await;
+    assert_eq!(status, 401);
+    assert!(body.contains("no key with kid `nope`"), "{body}");
+}
+
+/// Unpadded base64url, for JWK coordinates.
+mod base64_url {
+    pub fn encode(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
+
 #[test]
 fn bad_jwt_settings_stop_the_start_naming_the_key() {
     let cases: &[(&[&str], &str)] = &[
