@@ -402,7 +402,7 @@ async fn a_jwks_file_picks_the_key_by_kid() {
 
 /// Unpadded base64url, for JWK coordinates.
 mod base64_url {
-    pub fn encode(bytes: &[u8]) -> String {
+    pub(super) fn encode(bytes: &[u8]) -> String {
         const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
