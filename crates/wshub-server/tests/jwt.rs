@@ -143,6 +143,30 @@ async fn a_wshub_v1_client_sends_its_token_in_connect() {
         .await;
     let members = &reply["result"]["members"];
     assert_eq!(members[0]["user"], json!("alice"), "{reply}");
+    // Join events carry the user too.
+    let mut watcher = V1::connect(&server.url()).await;
+    watcher
+        .call(json!({"cmd": "connect", "token": hs256(json!({"sub": "watcher"}))}))
+        .await;
+    watcher
+        .call(json!({"cmd": "subscribe", "channel": "lobby", "presence_events": true}))
+        .await;
+    let reply = client
+        .call(json!({"cmd": "subscribe", "channel": "lobby"}))
+        .await;
+    assert!(reply.get("result").is_some(), "{reply}");
+    loop {
+        let joined: Vec<&Value> = watcher
+            .pushes
+            .iter()
+            .filter_map(|p| p.get("join"))
+            .collect();
+        if joined.len() == 2 {
+            assert_eq!(joined[1]["user"], json!("alice"), "{joined:?}");
+            break;
+        }
+        watcher.call(json!({"cmd": "ping"})).await;
+    }
 
     // A bad token in connect closes with 4001, an expired one with 4002.
     let mut bad = V1::connect(&server.url()).await;
