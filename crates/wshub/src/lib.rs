@@ -32,6 +32,7 @@
 //!
 //! - [`config`](Config): limits and timeouts with the Go original's defaults; `validate()`.
 //! - `id`: [`ConnId`], a connection's identity to the hub, the channels and the broker.
+//! - `auth`: JWTs and the [`Identity`] they carry (user, `exp`, channel patterns).
 //! - `message`: [`Message`] (text/binary, shared payload) and [`CloseReason`].
 //! - `compression/`: permessage-deflate, a broadcast compressed once: the agreement and
 //!   the hub's policy (`mod.rs`), the pooled codec below `message` (`codec.rs`).
@@ -53,8 +54,9 @@
 //!   deadlines, close; `session`, what a `wshub.v1` connection's commands do, its
 //!   subscriptions.
 //! - `http/`: the HTTP surface ([`router`]): home page, browser client (`/wshub.js`),
-//!   static files, `/ws`, publish API; `server`, [`serve`]: the accept loop, handshake
-//!   limits and graceful shutdown; `upgrade`, HTTP → WebSocket checks (version, key,
+//!   static files, `/ws`, publish API; `server`, [`serve`] / [`serve_tls`]: the accept
+//!   loop, handshake limits and graceful shutdown; `tls`, [`Tls`] (reloadable); `home`,
+//!   the home page template; `upgrade`, HTTP → WebSocket checks (version, key,
 //!   origin) and the 101; `prefixed`, a stream with its first bytes already read.
 
 mod auth;
