@@ -665,7 +665,8 @@ def main():
     command = "bench/compare" + (" --smoke" if opts.smoke else "") + (f" --servers {opts.servers}" if opts.servers else "") + (f" --skip {opts.skip}" if skip else "")
     header = (f"Run {datetime.date.today()} ({mode}): `{command}`; {os.cpu_count()} CPUs, "
               f"{platform.system()} {platform.release()}; servers on CPU 0, wshub-bench on CPU 1. "
-              "Ratios are wshub / peer (for RSS, latency and time, below 1 is better).")
+              + ("Ratios are wshub / peer (for RSS, latency and time, below 1 is better)." if "peers" not in skip
+                 else "Ratios are against the section's baseline (for latency, below 1 is better)."))
     text = header + "\n"
     if "peers" not in skip:
         text += "\n" + table(results, servers, loads) + "\n"
