@@ -295,7 +295,9 @@ def run_scaleout(command, setup, args, redis, log):
             published = result.get("sent_total") or 0
             redis_figures = {"calls": whole, "publications": published,
                              "commands_per_publication": sum(whole.values()) / published if published else None}
-            if len(window) >= 2 and window[-1][0] > window[0][0]:
+            # The progress lines' counts lag the snapshots by up to 250 ms (the workers
+            # report four times a second): only a span of 3 s or more says something.
+            if len(window) >= 4 and window[-1][0] > window[0][0]:
                 (sent0, stats0), (sent1, stats1) = window[0], window[-1]
                 inside = calls_delta(stats0, stats1)
                 redis_figures["window"] = {"calls": inside, "publications": sent1 - sent0,
@@ -305,6 +307,36 @@ def run_scaleout(command, setup, args, redis, log):
     finally:
         for _, proc in nodes:
             stop_process(proc)
+
+
+def scaleout_section(command, smoke, log, problems):
+    """Every scale-out workload on every setup (workload by workload, every setup in turn:
+    ratios between runs close together), on one redis-server of our own."""
+    try:
+        redis = Redis(log)
+    except (OSError, RuntimeError) as e:
+        problems.append(f"wshub scale-out: {e} (is Debian's redis-server installed?)")
+        return {}
+    results = {}
+    try:
+        setups = [s for s in SCALEOUT_SETUPS if s[2]] if smoke else SCALEOUT_SETUPS
+        for label, args in scaleout_workloads(smoke):
+            for setup in setups:
+                result = run_scaleout(command, setup, args, redis, log)
+                results[(setup[0], label)] = result
+                name = f"wshub-scaleout-{setup[0]}-{label}".replace(" ", "_").replace("/", "").replace(",", "")
+                with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+                    json.dump(result, f, indent=1)
+                problems += check(f"wshub scale-out {setup[0]} {label}", result)
+                problems += check_nodes(f"wshub scale-out {setup[0]} {label}", result)
+                shown = result.get("error") or (
+                    f"{result.get('deliveries_per_s', 0):,.0f} deliveries/s, "
+                    f"{(result.get('server') or {}).get('deliveries_per_cpu_s', 0):,.0f}/CPU-s, "
+                    f"p99 {(result.get('latency') or {}).get('p99_ms', 0):.1f} ms, lost {result.get('lost')}")
+                print(f"  {setup[0]}, {label}: {shown}", flush=True)
+    finally:
+        redis.stop()
+    return results
 
 
 def check_nodes(label, result):
@@ -638,26 +670,7 @@ def main():
         if "wshub" in servers and "scaleout" not in skip:
             print("== wshub scale-out on Redis (nodes and redis-server on CPU 0)", flush=True)
             with open(os.path.join(OUT, "wshub-scaleout.log"), "w") as log:
-                redis = Redis(log)
-                try:
-                    setups = [s for s in SCALEOUT_SETUPS if s[2]] if opts.smoke else SCALEOUT_SETUPS
-                    # Workload by workload, every setup in turn (ratios between runs close together).
-                    for label, args in scaleout_workloads(opts.smoke):
-                        for setup in setups:
-                            result = run_scaleout(commands["wshub"], setup, args, redis, log)
-                            scaleout_results[(setup[0], label)] = result
-                            name = f"wshub-scaleout-{setup[0]}-{label}".replace(" ", "_").replace("/", "").replace(",", "")
-                            with open(os.path.join(OUT, f"{name}.json"), "w") as f:
-                                json.dump(result, f, indent=1)
-                            problems += check(f"wshub scale-out {setup[0]} {label}", result)
-                            problems += check_nodes(f"wshub scale-out {setup[0]} {label}", result)
-                            shown = result.get("error") or (
-                                f"{result.get('deliveries_per_s', 0):,.0f} deliveries/s, "
-                                f"{(result.get('server') or {}).get('deliveries_per_cpu_s', 0):,.0f}/CPU-s, "
-                                f"p99 {(result.get('latency') or {}).get('p99_ms', 0):.1f} ms, lost {result.get('lost')}")
-                            print(f"  {setup[0]}, {label}: {shown}", flush=True)
-                finally:
-                    redis.stop()
+                scaleout_results = scaleout_section(commands["wshub"], opts.smoke, log, problems)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -231,7 +231,7 @@ impl CpuSample {
                 .collect(),
             server: match pids {
                 [] => None,
-                [_] => each[0],
+                [_] => each.first().copied().flatten(),
                 _ => Some(each.iter().flatten().sum()),
             },
             servers: each.iter().map(|v| v.unwrap_or(0.0)).collect(),
