@@ -6,10 +6,12 @@ import json
 import os
 import platform
 import shutil
+import re
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -164,6 +166,281 @@ def check_compressed(label, result):
     return []
 
 
+# Scale-out on Redis (wshub only): the same channel fan-out on one node in memory, one node
+# on Redis and three nodes on one Redis (publishers on node A, subscribers spread over A, B,
+# C). (label, nodes, on Redis); the smoke run leaves out the in-memory one.
+SCALEOUT_SETUPS = [("1 node, memory", 1, False), ("1 node + Redis", 1, True), ("3 nodes + Redis", 3, True)]
+
+
+def scaleout_workloads(smoke):
+    """Shaped like the channel workloads: closed-loop saturation and 100k deliveries/s."""
+    if smoke:
+        return [
+            ("saturation", ["channel", "--conns", "300", "--senders", "3", "--in-flight", "8", "--size", "64", "--duration", "2s", "--warmup", "0.5s"]),
+            ("rate", ["channel", "--conns", "300", "--senders", "3", "--rate", "30", "--size", "64", "--duration", "2s", "--warmup", "0.5s"]),
+        ]
+    return [
+        ("saturation", ["channel", "--conns", "10000", "--senders", "10", "--in-flight", "8", "--size", "64", "--duration", "10s"]),
+        ("rate 100k/s", ["channel", "--conns", "10000", "--senders", "10", "--rate", "10", "--size", "64", "--duration", "10s"]),
+    ]
+
+
+# INFO commandstats entries that are ours (redis-cli), not the nodes'.
+OWN_COMMANDS = ("info", "flushall", "config")
+
+
+class Redis:
+    """A redis-server of our own, without persistence, on a free port, files in a temp
+    dir, pinned to CPU 0 with the servers; redis-cli for everything we ask of it."""
+
+    def __init__(self, log):
+        self.dir = tempfile.mkdtemp(prefix="wshub-bench-redis-")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", "0", "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir],
+            stdout=log, stderr=log)
+        if not wait_accept(self.port, self.proc):
+            self.stop()
+            raise RuntimeError("redis-server did not start")
+
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def cli(self, *args):
+        done = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=30)
+        return done.stdout
+
+    def commandstats(self):
+        """{command: calls} from INFO commandstats, without our own commands."""
+        calls = {}
+        for line in self.cli("INFO", "commandstats").splitlines():
+            m = re.match(r"cmdstat_([^:]+):calls=(\d+)", line.strip())
+            if m and not m.group(1).startswith(OWN_COMMANDS):
+                calls[m.group(1)] = int(m.group(2))
+        return calls
+
+    def stop(self):
+        stop_process(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def stop_process(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def calls_delta(before, after):
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+
+
+# wshub-bench's progress line: "[   3.0s] window: 10000 open, 0 dropped, 12345 sent, ...".
+PROGRESS = re.compile(r"^\[\s*[\d.]+s\] (warm-up|window|drain): .*?, (\d+) sent,")
+
+
+def run_scaleout(command, setup, args, redis, log):
+    """One run of `args` against `setup` = (label, nodes, on Redis): FLUSHALL, start the
+    nodes (node A takes the publishers, the subscribers are spread over all), run
+    wshub-bench, stop the nodes. With Redis, its commands are counted twice: over the whole
+    run (INFO commandstats before and after: every subscribe, presence join and leave
+    included) and over the window alone (snapshots taken as the tool reports progress,
+    against the publications it had sent by then)."""
+    label, count, on_redis = setup
+    if on_redis:
+        redis.cli("FLUSHALL")
+    nodes = []
+    try:
+        for i in range(count):
+            port = free_port()
+            extra = ["--broker", redis.url(), "--node-name", "abcdefgh"[i]] if on_redis else []
+            proc = subprocess.Popen(["taskset", "-c", "0"] + command(port) + extra, stdout=log, stderr=log)
+            nodes.append((port, proc))
+            if not wait_accept(port, proc):
+                return {"error": f"wshub node {i} of {label} did not start (exit {proc.poll()})"}
+        urls = [f"ws://127.0.0.1:{port}/ws" for port, _ in nodes]
+        pids = [str(proc.pid) for _, proc in nodes] + ([str(redis.proc.pid)] if on_redis else [])
+        cmd = ["taskset", "-c", "1", BENCH] + args + ["--url", ",".join(urls), "--server-pid", ",".join(pids), "--json"]
+        if count > 1:
+            cmd += ["--sender-url", urls[0]]
+        print(f"  $ {' '.join(cmd[3:])}", flush=True)
+        before = redis.commandstats() if on_redis else None
+        window = []  # (phase, sent, commandstats) at each progress line
+
+        def progress(pipe):
+            for line in pipe:
+                m = PROGRESS.match(line)
+                if m and on_redis and m.group(1) == "window":
+                    window.append((int(m.group(2)), redis.commandstats()))
+
+        bench = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        reader = threading.Thread(target=progress, args=(bench.stderr,), daemon=True)
+        reader.start()
+        try:
+            out, _ = bench.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            bench.kill()
+            out, _ = bench.communicate()
+        reader.join(timeout=10)
+        try:
+            result = json.loads(out.strip().splitlines()[-1])
+        except (json.JSONDecodeError, IndexError):
+            return {"error": f"wshub-bench exit {bench.returncode}: {out[-400:]}"}
+        if on_redis:
+            after = redis.commandstats()
+            whole = calls_delta(before, after)
+            published = result.get("sent_total") or 0
+            redis_figures = {"calls": whole, "publications": published,
+                             "commands_per_publication": sum(whole.values()) / published if published else None}
+            # The progress lines' counts lag the snapshots by up to 250 ms (the workers
+            # report four times a second): only a span of 3 s or more says something.
+            if len(window) >= 4 and window[-1][0] > window[0][0]:
+                (sent0, stats0), (sent1, stats1) = window[0], window[-1]
+                inside = calls_delta(stats0, stats1)
+                redis_figures["window"] = {"calls": inside, "publications": sent1 - sent0,
+                                           "commands_per_publication": sum(inside.values()) / (sent1 - sent0)}
+            result["redis"] = redis_figures
+        return result
+    finally:
+        for _, proc in nodes:
+            stop_process(proc)
+
+
+def scaleout_section(command, smoke, log, problems):
+    """Every scale-out workload on every setup (workload by workload, every setup in turn:
+    ratios between runs close together), on one redis-server of our own."""
+    try:
+        redis = Redis(log)
+    except (OSError, RuntimeError) as e:
+        problems.append(f"wshub scale-out: {e} (is Debian's redis-server installed?)")
+        return {}
+    results = {}
+    try:
+        setups = [s for s in SCALEOUT_SETUPS if s[2]] if smoke else SCALEOUT_SETUPS
+        for label, args in scaleout_workloads(smoke):
+            for setup in setups:
+                result = run_scaleout(command, setup, args, redis, log)
+                results[(setup[0], label)] = result
+                name = f"wshub-scaleout-{setup[0]}-{label}".replace(" ", "_").replace("/", "").replace(",", "")
+                with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+                    json.dump(result, f, indent=1)
+                problems += check(f"wshub scale-out {setup[0]} {label}", result)
+                problems += check_nodes(f"wshub scale-out {setup[0]} {label}", result)
+                shown = result.get("error") or (
+                    f"{result.get('deliveries_per_s', 0):,.0f} deliveries/s, "
+                    f"{(result.get('server') or {}).get('deliveries_per_cpu_s', 0):,.0f}/CPU-s, "
+                    f"p99 {(result.get('latency') or {}).get('p99_ms', 0):.1f} ms, lost {result.get('lost')}")
+                print(f"  {setup[0]}, {label}: {shown}", flush=True)
+    finally:
+        redis.stop()
+    return results
+
+
+def check_nodes(label, result):
+    """Scale-out: every node's subscribers got everything (a node delivering nothing shows
+    here even when the totals are hidden by an error)."""
+    problems = []
+    for u in result.get("per_url") or []:
+        if not u.get("opened"):
+            problems.append(f"{label}: no connection opened to {u.get('url')}")
+        if u.get("lost"):
+            problems.append(f"{label}: {u.get('lost')} deliveries lost on {u.get('url')}")
+    return problems
+
+
+def scaleout_table(results, smoke):
+    """`results[(setup label, workload label)]`: one row per figure, one column per setup,
+    ratios against one node in memory."""
+    setups = [s for s, *_ in SCALEOUT_SETUPS if any(k[0] == s for k in results)]
+    base = "1 node, memory"
+    others = [s for s in setups if s != base] if base in setups else []
+    loads = []
+    for _, w in results:
+        if w not in loads:
+            loads.append(w)
+
+    def server_cpu(r):
+        return r.get("server") or {}
+
+    def split(r):
+        procs = server_cpu(r).get("processes") or []
+        if not procs:
+            cpu = server_cpu(r).get("cpu_s")
+            return None if cpu is None else f"wshub {cpu:.2f} s"
+        wshub = sum(p["cpu_s"] for p in procs if p.get("name") != "redis-server")
+        redis = sum(p["cpu_s"] for p in procs if p.get("name") == "redis-server")
+        nodes = sum(1 for p in procs if p.get("name") != "redis-server")
+        return f"wshub {wshub:.2f} s ({nodes} node{'s' if nodes > 1 else ''}) + redis {redis:.2f} s"
+
+    def window_cmds(r):
+        return ((r.get("redis") or {}).get("window") or {}).get("commands_per_publication")
+
+    figures = [
+        ("deliveries/s", lambda r: r.get("deliveries_per_s"), "{:,.0f}"),
+        ("deliveries per server CPU-s (all wshub + redis-server)", lambda r: server_cpu(r).get("deliveries_per_cpu_s"), "{:,.0f}"),
+        ("server CPU in the window", split, "{}"),
+        ("p50", lambda r: (r.get("latency") or {}).get("p50_ms"), "{:.1f} ms"),
+        ("p99", lambda r: (r.get("latency") or {}).get("p99_ms"), "{:.1f} ms"),
+        ("Redis commands per publication, window", window_cmds, "{:.1f}"),
+        ("Redis commands per publication, whole run (with 10k subscribes, joins, leaves)" if not smoke
+         else "Redis commands per publication, whole run", lambda r: (r.get("redis") or {}).get("commands_per_publication"), "{:.1f}"),
+        ("lost + gaps + duplicates + publish errors", lambda r: r.get("failures"), "{:.0f}"),
+        # Neither the tool nor the servers (from /proc/stat): other work on the machine
+        # disturbs the run, and not every run the same.
+        ("other load during the window", lambda r: (r.get("client") or {}).get("other_load_pct"), "{:.0f}% of a core"),
+    ]
+    head = "| workload | figure | " + " | ".join(setups) + "".join(f" | {o} / memory" for o in others) + " |"
+    rows = [head, "|" + "---|" * (2 + len(setups) + len(others))]
+    verdicts = []
+    for w in loads:
+        for name, get, fmt in figures:
+            cells, values = [], {}
+            for s in setups:
+                r = results.get((s, w), {})
+                if "error" in r:
+                    cells.append("error")
+                    continue
+                v = get(r)
+                if v is None:
+                    cells.append("–")
+                    continue
+                values[s] = v
+                cells.append(fmt.format(v) + (" (client-bound)" if name == "deliveries/s" and (r.get("client") or {}).get("client_bound") else ""))
+            ratios = []
+            for o in others:
+                a, b = values.get(o), values.get(base)
+                if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b and not name.startswith(("lost", "other")):
+                    cell = f"{a / b:.2f}"
+                    if name == "p99" and o == "3 nodes + Redis" and w.startswith("rate"):
+                        ok = a <= 2 * b
+                        cell += " ✓ (≤ 2)" if ok else " ✗ (> 2)"
+                        verdicts.append(f"p99 goal at {w} (3 nodes + Redis ≤ 2 × 1 node in memory): "
+                                        f"{'met' if ok else 'NOT met'}, {a:.1f} ms vs {b:.1f} ms ({a / b:.2f}×)")
+                    ratios.append(cell)
+                else:
+                    ratios.append("–")
+            if all(c == "–" for c in cells):
+                continue
+            rows.append(f"| {w} | {name} | " + " | ".join(cells) + "".join(f" | {r}" for r in ratios) + " |")
+    text = "\n".join(rows)
+    if verdicts:
+        text += "\n\n" + "\n".join(verdicts)
+    # Which commands a publication costs in the window (3 nodes, saturation, if there).
+    for s in ("3 nodes + Redis", "1 node + Redis"):
+        r = results.get((s, loads[0]), {}) if loads else {}
+        inside = (r.get("redis") or {}).get("window")
+        if inside and inside.get("publications"):
+            n = inside["publications"]
+            parts = sorted(inside["calls"].items(), key=lambda kv: -kv[1])
+            text += (f"\n\nRedis commands per publication in the window, {s}, {loads[0]}: "
+                     + ", ".join(f"{k} {v / n:.2f}" for k, v in parts if v / n >= 0.01) + ".")
+            break
+    return text
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -313,7 +590,7 @@ def table(results, servers, loads):
     return "\n".join(rows)
 
 
-SECTIONS = ["peers", "channels", "compression"]
+SECTIONS = ["peers", "channels", "compression", "scaleout"]
 
 
 def main():
@@ -323,7 +600,7 @@ def main():
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     parser.add_argument("--skip", default="", metavar="SECTION[,SECTION]",
                         help=f"sections not to run, of {', '.join(SECTIONS)} (peers: the main table; "
-                             "channels and compression are wshub only); BENCHMARKS.md is then left alone")
+                             "channels, compression and scaleout are wshub only); BENCHMARKS.md is then left alone")
     opts = parser.parse_args()
     skip = {s for s in opts.skip.split(",") if s}
     if skip - set(SECTIONS):
@@ -389,6 +666,11 @@ def main():
                             f"{result.get('wire_bytes_per_delivery', 0):,.0f} bytes/delivery" if result.get("scenario") == "fanout"
                             else f"{((result.get('server') or {}).get('bytes_per_conn') or 0) / 1000:.2f} KB/conn")
                         print(f"  {label} {state}: {shown}", flush=True)
+        scaleout_results = {}
+        if "wshub" in servers and "scaleout" not in skip:
+            print("== wshub scale-out on Redis (nodes and redis-server on CPU 0)", flush=True)
+            with open(os.path.join(OUT, "wshub-scaleout.log"), "w") as log:
+                scaleout_results = scaleout_section(commands["wshub"], opts.smoke, log, problems)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -396,7 +678,8 @@ def main():
     command = "bench/compare" + (" --smoke" if opts.smoke else "") + (f" --servers {opts.servers}" if opts.servers else "") + (f" --skip {opts.skip}" if skip else "")
     header = (f"Run {datetime.date.today()} ({mode}): `{command}`; {os.cpu_count()} CPUs, "
               f"{platform.system()} {platform.release()}; servers on CPU 0, wshub-bench on CPU 1. "
-              "Ratios are wshub / peer (for RSS, latency and time, below 1 is better).")
+              + ("Ratios are wshub / peer (for RSS, latency and time, below 1 is better)." if "peers" not in skip
+                 else "Ratios are against the section's baseline (for latency, below 1 is better)."))
     text = header + "\n"
     if "peers" not in skip:
         text += "\n" + table(results, servers, loads) + "\n"
@@ -406,6 +689,10 @@ def main():
         text += ("\nCompression (wshub only, same run; JSON-like 1 KiB messages; off: defaults; on: "
                  "`--compression true` and every client offering permessage-deflate, sending uncompressed):\n\n"
                  + compression_table(compression_results) + "\n")
+    if scaleout_results:
+        text += ("\nScale-out on Redis (wshub only, same run; `channel`, publishers on node A, subscribers "
+                 "spread over the nodes; every wshub node and redis-server on CPU 0, their CPU summed; "
+                 "Redis commands from INFO commandstats):\n\n" + scaleout_table(scaleout_results, opts.smoke) + "\n")
     with open(os.path.join(OUT, f"compare-{mode}.md"), "w") as f:
         f.write(text)
     print("\n" + text)

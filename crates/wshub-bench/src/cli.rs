@@ -84,6 +84,21 @@ out uncompressed, which RFC 7692 allows message by message: the server compresse
 inflates. fanout reports how many deliveries came compressed. RSV1 without the agreement is \
 a protocol error.
 
+SEVERAL SERVERS. --url may be given several times (or as a comma-separated list): connection \
+i (the tool numbers them 0 to N-1; the senders are every (N/S)-th, starting at 0) connects to \
+the (i mod n)-th of the n URLs, so the connections are spread evenly over n servers, e.g. the \
+nodes of a wshub cluster on Redis, which share their channels. With --sender-url (fanout, \
+channel) the S senders connect there instead (node A, say; it may be one of the --url list or \
+not) and every other connection keeps its share of --url; without it the senders are spread \
+like everyone else. Loss, order and offsets are checked as with one server: every message \
+sent in the window must reach every connection on every server, once, in order. \
+--server-pid may be given several times too: the server's CPU seconds, RSS and the figures \
+per server CPU-second are then sums over all those processes (give every node and the \
+redis-server behind them, and deliveries per CPU-second are per CPU-second of the whole \
+cluster), `pid` in --json is the first one, and fanout and channel also report each \
+process's CPU and RSS (`server.processes`) and each URL's connections, deliveries and latency \
+(`per_url`). One URL and one pid give the same report as before, field for field.
+
 PAYLOADS (fanout --payload). letters, the default: the 32-byte header, then a to z over and \
 over, which deflate shrinks 25-fold (1 KiB to 42 bytes). json: every message is a JSON \
 object of exactly --size bytes (at least 54) like a chat application's \"message created\" \
@@ -197,7 +212,10 @@ seen as a duplicate. The report's `failures` adds up lost deliveries, offset gap
 duplicates, publish errors and per-sender sequence anomalies (0 in a good run). The publish \
 command must fit the server's --max-message-size (wshub: 5120 bytes by default), so keep \
 --size below about 5000. Other clients publishing to the channel meanwhile show as foreign \
-messages (their offsets are checked too)."
+messages (their offsets are checked too). Several --url spread the subscribers over several \
+nodes sharing the channel (wshub --broker redis://...), --sender-url puts the publishers on \
+one of them, several --server-pid sum the server CPU over the nodes and Redis: see SEVERAL \
+SERVERS in `wshub-bench --help`."
     )]
     Channel(ChannelArgs),
     /// wshub.v1: miss M publications, reconnect with `since`, time the catch-up.
@@ -235,12 +253,16 @@ fn duration(text: &str) -> Result<Duration, String> {
 /// Flags every load subcommand has.
 #[derive(Debug, Args)]
 pub(crate) struct Common {
-    /// WebSocket URL of the server (ws:// only), e.g. ws://127.0.0.1:8080/ws
-    #[arg(long, value_name = "URL")]
-    pub(crate) url: String,
-    /// The server's process id: report its RSS (VmRSS) and CPU time from /proc.
-    #[arg(long, value_name = "PID")]
-    pub(crate) server_pid: Option<u32>,
+    /// WebSocket URL of the server (ws:// only), e.g. ws://127.0.0.1:8080/ws. Several
+    /// (repeat the flag, or separate them with commas): connection i goes to the
+    /// (i mod n)-th, e.g. subscribers spread over the nodes of a cluster (see --help).
+    #[arg(long, value_name = "URL", required = true, value_delimiter = ',')]
+    pub(crate) url: Vec<String>,
+    /// The server's process id: report its RSS (VmRSS) and CPU time from /proc. Several
+    /// (repeat the flag, or separate them with commas): the server figures are the sums over
+    /// all of them, e.g. every node and the Redis behind them (see --help).
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub(crate) server_pid: Vec<u32>,
     /// Worker processes [default: one per 18,000 connections].
     #[arg(long, value_name = "W")]
     pub(crate) workers: Option<usize>,
@@ -332,6 +354,10 @@ pub(crate) struct FanoutArgs {
     /// Handshakes started per second at most while connecting (0: no limit).
     #[arg(long, value_name = "PER_SEC", default_value_t = 0.0)]
     pub(crate) connect_rate: f64,
+    /// The senders (channel: publishers) connect here instead of to their share of --url,
+    /// e.g. node A of a cluster while the subscribers are spread over every node.
+    #[arg(long, value_name = "URL")]
+    pub(crate) sender_url: Option<String>,
 }
 
 /// `channel` flags: fanout's, and the channel.
@@ -442,6 +468,57 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn parses_several_urls_and_pids() {
+        let cli = Cli::try_parse_from([
+            "wshub-bench",
+            "channel",
+            "--url",
+            "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws",
+            "--url",
+            "ws://127.0.0.1:3/ws",
+            "--sender-url",
+            "ws://127.0.0.1:1/ws",
+            "--server-pid",
+            "10,11",
+            "--server-pid",
+            "12",
+            "--conns",
+            "10",
+        ]);
+        let Ok(Cli {
+            command: Cmd::Channel(ChannelArgs { load, .. }),
+        }) = cli
+        else {
+            panic!("not parsed: {cli:?}");
+        };
+        assert_eq!(
+            load.common.url,
+            [
+                "ws://127.0.0.1:1/ws",
+                "ws://127.0.0.1:2/ws",
+                "ws://127.0.0.1:3/ws"
+            ]
+        );
+        assert_eq!(load.common.server_pid, [10, 11, 12]);
+        assert_eq!(load.sender_url.as_deref(), Some("ws://127.0.0.1:1/ws"));
+        // One of each, as before; --url stays required.
+        let cli = Cli::try_parse_from([
+            "wshub-bench",
+            "idle",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--conns",
+            "1",
+        ]);
+        assert!(matches!(
+            cli,
+            Ok(Cli { command: Cmd::Idle(IdleArgs { common: Common { ref url, ref server_pid, .. }, .. }) })
+                if url.len() == 1 && server_pid.is_empty()
+        ));
+        assert!(Cli::try_parse_from(["wshub-bench", "idle", "--conns", "1"]).is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::deflate::{self, Inflater};
 use crate::hist::Histogram;
 use crate::payload::{self, Payload};
-use crate::proto::{Counters, Mode, OffsetCheck, Plan, Schedule, SenderAnomaly};
+use crate::proto::{Counters, Mode, OffsetCheck, Plan, Schedule, SenderAnomaly, TargetTally};
 use crate::sys::now_us;
 use crate::v1::{self, Frame};
 use crate::wire::{self, Decoder, Event, HEADER_LEN, Header, MAX_CARRY};
@@ -80,6 +80,16 @@ pub(crate) struct Shared {
     /// Channel: how a push on the subscribed channel starts (`v1::push_head`).
     push_head: Vec<u8>,
     errors: RefCell<BTreeMap<String, u64>>,
+    /// With several servers: per server of `plan.targets` (empty with one).
+    per_target: Vec<PerTarget>,
+}
+
+/// One server's connections and deliveries (with several servers).
+#[derive(Debug, Default)]
+struct PerTarget {
+    opened: Cell<u64>,
+    delivered: Cell<u64>,
+    hist: RefCell<Histogram>,
 }
 
 #[inline]
@@ -135,8 +145,34 @@ impl Shared {
                 .map(v1::push_head)
                 .unwrap_or_default(),
             errors: RefCell::new(BTreeMap::new()),
+            per_target: if plan.targets.len() > 1 {
+                (0..plan.targets.len())
+                    .map(|_| PerTarget::default())
+                    .collect()
+            } else {
+                Vec::new()
+            },
             plan,
         }
+    }
+
+    /// Counts a connection opened to target `target`.
+    pub(crate) fn opened_to(&self, target: usize) {
+        if let Some(t) = self.per_target.get(target) {
+            bump(&t.opened, 1);
+        }
+    }
+
+    /// Per server of the plan (empty with one server).
+    pub(crate) fn per_target(&self) -> Vec<TargetTally> {
+        self.per_target
+            .iter()
+            .map(|t| TargetTally {
+                opened: t.opened.get(),
+                delivered: t.delivered.get(),
+                latency: t.hist.borrow().to_sparse(),
+            })
+            .collect()
     }
 
     /// Whether wall-clock time `now` (µs) is inside the measured window.
@@ -226,6 +262,8 @@ pub(crate) struct Conn {
     close_sent: bool,
     /// `wshub.v1` with a channel: the subscription and its offsets.
     subscription: Option<Subscription>,
+    /// Which of the plan's targets this connection went to.
+    pub(crate) target: usize,
 }
 
 /// Where a subscription stands.
@@ -305,11 +343,16 @@ impl Subscription {
 /// descriptions, used as error kinds in the report.
 pub(crate) async fn open(
     shared: &Shared,
+    target: usize,
     source: Option<std::net::IpAddr>,
     me: Option<u32>,
 ) -> Result<Conn, String> {
     let plan = &shared.plan;
-    let socket = match plan.target {
+    let server = plan
+        .targets
+        .get(target)
+        .ok_or_else(|| format!("no target {target}"))?;
+    let socket = match server.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
@@ -328,7 +371,7 @@ pub(crate) async fn open(
             .map_err(|e| format!("bind {source}: {e}"))?;
     }
     let mut stream = socket
-        .connect(plan.target)
+        .connect(server.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
@@ -336,7 +379,7 @@ pub(crate) async fn open(
     let protocol = plan.protocol.as_deref();
     let offer = plan.deflate.then_some(deflate::OFFER);
     stream
-        .write_all(wire::request(&plan.host, &plan.path, &key, protocol, offer).as_bytes())
+        .write_all(wire::request(&server.host, &server.path, &key, protocol, offer).as_bytes())
         .await
         .map_err(|e| format!("handshake write: {e}"))?;
     let mut head = Vec::with_capacity(512);
@@ -387,6 +430,7 @@ pub(crate) async fn open(
             state: SubState::Waiting,
             affected: false,
         }),
+        target,
     };
     let mut rest = head.split_off(end);
     if !rest.is_empty() {
@@ -449,8 +493,10 @@ impl Conn {
             closing,
             close_sent,
             subscription,
+            target,
             ..
         } = self;
+        let per_target = shared.per_target.get(*target);
         let plan = &shared.plan;
         let header_at = plan.payload.header_at();
         let in_window = shared.in_window(now);
@@ -480,10 +526,12 @@ impl Conn {
                 }
                 if h.measured {
                     bump(&shared.delivered, 1);
-                    shared
-                        .hist
-                        .borrow_mut()
-                        .record(now.saturating_sub(h.sent_us));
+                    let latency = now.saturating_sub(h.sent_us);
+                    shared.hist.borrow_mut().record(latency);
+                    if let Some(t) = per_target {
+                        bump(&t.delivered, 1);
+                        t.hist.borrow_mut().record(latency);
+                    }
                 }
                 if *me == Some(h.sender) {
                     *echoes += 1;

@@ -19,7 +19,7 @@ use crate::proto::{
 };
 use crate::report::{
     ChannelReport, ChurnReport, ClientCpu, FanoutReport, IdleReport, Latency, ProcessCpu,
-    ServerChurn, ServerCpu, ServerMemory, si,
+    ServerChurn, ServerCpu, ServerMemory, ServerProcess, UrlReport, si,
 };
 use crate::{sys, v1};
 
@@ -201,7 +201,10 @@ struct CpuSample {
     at: Instant,
     me: f64,
     workers: Vec<f64>,
+    /// The server processes' CPU seconds, summed (`None` without --server-pid).
     server: Option<f64>,
+    /// Each one's (0 for a process that is gone).
+    servers: Vec<f64>,
     /// The server's CPU time in ns resolution (schedstat), for short phases such as the
     /// opening of the connections, which /proc/PID/stat's 10 ms ticks cannot resolve.
     server_fine: Option<f64>,
@@ -209,7 +212,15 @@ struct CpuSample {
 }
 
 impl CpuSample {
-    fn take(fleet: &Fleet, server: Option<u32>) -> Self {
+    fn take(fleet: &Fleet, pids: &[u32]) -> Self {
+        let each: Vec<Option<f64>> = pids
+            .iter()
+            .map(|&pid| sys::cpu_seconds(Some(pid)))
+            .collect();
+        let fine: Option<Vec<f64>> = pids
+            .iter()
+            .map(|&pid| sys::cpu_seconds_fine(Some(pid)))
+            .collect();
         Self {
             at: Instant::now(),
             me: sys::cpu_seconds(None).unwrap_or(0.0),
@@ -218,10 +229,35 @@ impl CpuSample {
                 .iter()
                 .map(|&pid| sys::cpu_seconds(Some(pid)).unwrap_or(0.0))
                 .collect(),
-            server: server.and_then(|pid| sys::cpu_seconds(Some(pid))),
-            server_fine: server.and_then(|pid| sys::cpu_seconds_fine(Some(pid))),
+            server: match pids {
+                [] => None,
+                [_] => each.first().copied().flatten(),
+                _ => Some(each.iter().flatten().sum()),
+            },
+            servers: each.iter().map(|v| v.unwrap_or(0.0)).collect(),
+            server_fine: fine.filter(|f| !f.is_empty()).map(|f| f.iter().sum()),
             machine: sys::machine_busy_seconds().unwrap_or(0.0),
         }
+    }
+}
+
+/// The summed RSS of the server processes, KiB (`None` without --server-pid, or when one of
+/// them is gone).
+fn rss_sum(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| sys::rss_kib(pid)).sum()
+}
+
+/// Fails unless every `--server-pid` is a process that can be measured.
+fn check_pids(pids: &[u32]) -> Result<(), String> {
+    match pids
+        .iter()
+        .find(|&&pid| sys::cpu_seconds(Some(pid)).is_none())
+    {
+        Some(pid) => Err(format!("no process {pid} to measure")),
+        None => Ok(()),
     }
 }
 
@@ -332,6 +368,8 @@ fn merge_hist(reports: &[WorkerReport], which: impl Fn(&WorkerReport) -> &Sparse
 struct Setup {
     sources: usize,
     fleet: Fleet,
+    /// The servers the connections went to.
+    targets: plan::Targets,
 }
 
 /// What the connections send and how they speak.
@@ -347,6 +385,8 @@ struct Traffic {
     channel: Option<String>,
     /// Fan-out: what the messages look like.
     payload: Payload,
+    /// Fan-out: the senders' own server (`--sender-url`).
+    sender_url: Option<String>,
 }
 
 fn setup(
@@ -359,8 +399,13 @@ fn setup(
     cycles: u64,
 ) -> Result<Setup, String> {
     sys::raise_fd_limit();
-    let target = plan::parse_url(&args.url)?;
-    let sources = plan::sources(&target.addr, args.sources, sockets, sys::ephemeral_ports());
+    let targets = plan::parse_targets(&args.url, traffic.sender_url.as_deref())?;
+    let sources = match targets.list.first() {
+        Some(first) if plan::all_loopback(&targets.list) => {
+            plan::sources(&first.addr, args.sources, sockets, sys::ephemeral_ports())
+        }
+        _ => Vec::new(),
+    };
     let workers = plan::workers(args.workers, conns);
     let per_worker = conns.div_ceil(workers as u64);
     let hard = sys::hard_fd_limit();
@@ -378,10 +423,11 @@ fn setup(
         protocol,
         channel,
         payload,
+        sender_url: _,
     } = traffic;
     let common = plan::Common {
         mode,
-        target: target.clone(),
+        targets: targets.clone(),
         sources: sources.clone(),
         total: conns,
         parallel: args.parallel,
@@ -404,6 +450,7 @@ fn setup(
     Ok(Setup {
         sources: sources.len(),
         fleet,
+        targets,
     })
 }
 
@@ -463,7 +510,7 @@ fn refuse_declined(totals: &Counters, tried: u64) -> Result<(), String> {
 /// `idle`.
 pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
     let began = Instant::now();
-    let pid = args.common.server_pid;
+    let pids = args.common.server_pid.as_slice();
     let subprotocol = match (&args.subscribe, &args.subprotocol) {
         (Some(channel), Some(p)) if p != v1::SUBPROTOCOL => {
             return Err(format!(
@@ -477,11 +524,13 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
     if let Some(channel) = &args.subscribe {
         v1::check_channel(channel)?;
     }
-    let rss_before = pid.and_then(sys::rss_kib);
-    if pid.is_some() && rss_before.is_none() {
-        return Err(format!("no process {} to measure", pid.unwrap_or(0)));
-    }
-    let Setup { sources, mut fleet } = setup(
+    check_pids(pids)?;
+    let rss_before = rss_sum(pids);
+    let Setup {
+        sources,
+        mut fleet,
+        targets,
+    } = setup(
         Mode::Idle,
         &args.common,
         args.conns,
@@ -494,18 +543,18 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
         },
         0,
     )?;
-    let start = CpuSample::take(&fleet, pid);
+    let start = CpuSample::take(&fleet, pids);
     let mut progress = Progress::new(args.common.quiet);
     let (first, last) = wait_opened(&mut fleet, &mut progress, args.conns)?;
     refuse_declined(&fleet.totals(), args.conns)?;
-    let opened_sample = CpuSample::take(&fleet, pid);
-    let rss_opened = pid.and_then(sys::rss_kib).unwrap_or(0);
+    let opened_sample = CpuSample::take(&fleet, pids);
+    let rss_opened = rss_sum(pids).unwrap_or(0);
     let mut rss_peak = rss_opened;
     let hold_end = Instant::now() + args.hold;
     let hold_start = Instant::now();
     while Instant::now() < hold_end {
         fleet.next(progress.due().min(hold_end))?;
-        let rss = pid.and_then(sys::rss_kib);
+        let rss = rss_sum(pids);
         if let Some(rss) = rss {
             rss_peak = rss_peak.max(rss);
         }
@@ -522,15 +571,16 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
             )
         });
     }
-    let rss_after = pid.and_then(sys::rss_kib).unwrap_or(0);
+    let rss_after = rss_sum(pids).unwrap_or(0);
     rss_peak = rss_peak.max(rss_after);
     let reports = fleet.stop()?;
     let totals = fleet.totals();
     let time_to_open_s = last.saturating_sub(first) as f64 / 1e6;
     let client = client_cpu(&fleet, "opening", &start, &opened_sample);
-    let server = match (pid, rss_before) {
-        (Some(pid), Some(before)) => Some(ServerMemory {
+    let server = match (pids.first(), rss_before) {
+        (Some(&pid), Some(before)) => Some(ServerMemory {
             pid,
+            pids: several(pids),
             rss_before_kib: before,
             rss_opened_kib: rss_opened,
             rss_after_kib: rss_after,
@@ -548,7 +598,8 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
     fleet.finish();
     let report = IdleReport {
         scenario: "idle",
-        url: args.common.url.clone(),
+        url: targets.urls.first().cloned().unwrap_or_default(),
+        urls: several(&targets.urls),
         conns: args.conns,
         deflate: args.common.deflate,
         subprotocol,
@@ -572,6 +623,16 @@ pub(crate) fn idle(args: &IdleArgs) -> Result<(IdleReport, bool), String> {
         wall_s: began.elapsed().as_secs_f64(),
     };
     Ok((report, args.common.json))
+}
+
+/// `values` if there are several, else nothing (the report's plural fields are left out for
+/// one server, so its JSON stays as it was).
+fn several<T: Clone>(values: &[T]) -> Vec<T> {
+    if values.len() > 1 {
+        values.to_vec()
+    } else {
+        Vec::new()
+    }
 }
 
 /// `fanout`.
@@ -609,7 +670,7 @@ fn broadcast(
     channel: Option<&str>,
 ) -> Result<(FanoutReport, Vec<WorkerReport>), String> {
     let began = Instant::now();
-    let pid = args.common.server_pid;
+    let pids = args.common.server_pid.as_slice();
     if args.size < crate::wire::HEADER_LEN {
         return Err(format!(
             "--size must be at least {} (the benchmark header)",
@@ -640,12 +701,12 @@ fn broadcast(
         (Some(_), _) => return Err("--rate must be positive".into()),
         (None, k) => (0.0, k.unwrap_or(8).max(1)),
     };
-    if let Some(pid) = pid
-        && sys::cpu_seconds(Some(pid)).is_none()
-    {
-        return Err(format!("no process {pid} to measure"));
-    }
-    let Setup { sources, mut fleet } = setup(
+    check_pids(pids)?;
+    let Setup {
+        sources,
+        mut fleet,
+        targets,
+    } = setup(
         if channel.is_some() {
             Mode::Channel
         } else {
@@ -663,6 +724,7 @@ fn broadcast(
             protocol: channel.map(|_| v1::SUBPROTOCOL.to_string()),
             channel: channel.map(str::to_string),
             payload: args.payload,
+            sender_url: args.sender_url.clone(),
         },
         0,
     )?;
@@ -700,10 +762,10 @@ fn broadcast(
     let stopped_at = loop {
         let now = Instant::now();
         if window_start_sample.is_none() && now >= warmup_end {
-            window_start_sample = Some(CpuSample::take(&fleet, pid));
+            window_start_sample = Some(CpuSample::take(&fleet, pids));
         }
         if window_end_sample.is_none() && now >= window_end {
-            window_end_sample = Some(CpuSample::take(&fleet, pid));
+            window_end_sample = Some(CpuSample::take(&fleet, pids));
         }
         let t = fleet.totals();
         if let Some(expected) = expected
@@ -748,9 +810,12 @@ fn broadcast(
             }
         }
     };
-    let window_start_sample = window_start_sample.unwrap_or_else(|| CpuSample::take(&fleet, pid));
-    let window_end_sample = window_end_sample.unwrap_or_else(|| CpuSample::take(&fleet, pid));
-    let server_rss = pid.and_then(sys::rss_kib).unwrap_or(0);
+    let window_start_sample = window_start_sample.unwrap_or_else(|| CpuSample::take(&fleet, pids));
+    let window_end_sample = window_end_sample.unwrap_or_else(|| CpuSample::take(&fleet, pids));
+    let server_rss: Vec<u64> = pids
+        .iter()
+        .map(|&pid| sys::rss_kib(pid).unwrap_or(0))
+        .collect();
     let reports = fleet.stop()?;
     let totals = fleet.totals();
     let hist = merge_hist(&reports, |r| &r.latency);
@@ -775,7 +840,7 @@ fn broadcast(
     let wire_received: u64 = reports.iter().map(|r| r.wire_received).sum();
     let wire_sent: u64 = reports.iter().map(|r| r.wire_sent).sum();
     let client = client_cpu(&fleet, "window", &window_start_sample, &window_end_sample);
-    let server = pid.map(|pid| {
+    let server = pids.first().map(|&pid| {
         let cpu_s =
             window_end_sample.server.unwrap_or(0.0) - window_start_sample.server.unwrap_or(0.0);
         let window_s = window_end_sample
@@ -783,6 +848,24 @@ fn broadcast(
             .duration_since(window_start_sample.at)
             .as_secs_f64()
             .max(1e-9);
+        let processes = if pids.len() > 1 {
+            pids.iter()
+                .enumerate()
+                .map(|(i, &pid)| {
+                    let used = window_end_sample.servers.get(i).copied().unwrap_or(0.0)
+                        - window_start_sample.servers.get(i).copied().unwrap_or(0.0);
+                    ServerProcess {
+                        pid,
+                        name: sys::process_name(pid).unwrap_or_default(),
+                        cpu_s: used,
+                        core_pct: used / window_s * 100.0,
+                        rss_kib: server_rss.get(i).copied().unwrap_or(0),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         ServerCpu {
             pid,
             cpu_s,
@@ -792,9 +875,11 @@ fn broadcast(
             } else {
                 0.0
             },
-            rss_kib: server_rss,
+            rss_kib: server_rss.iter().sum(),
+            processes,
         }
     });
+    let per_url = per_url(&targets, &reports, sent);
     let workers = fleet.len();
     fleet.finish();
     let report = FanoutReport {
@@ -803,7 +888,9 @@ fn broadcast(
         } else {
             "fanout"
         },
-        url: args.common.url.clone(),
+        url: targets.urls.first().cloned().unwrap_or_default(),
+        urls: several(&targets.urls[..targets.spread.min(targets.urls.len())]),
+        sender_url: args.sender_url.clone(),
         conns: args.conns,
         opened: opened.opened,
         failed: opened.failed,
@@ -853,6 +940,7 @@ fn broadcast(
         pings: reports.iter().map(|r| r.pings).sum(),
         errors: merge_errors(&reports),
         server,
+        per_url,
         workers,
         sources,
         client,
@@ -861,14 +949,51 @@ fn broadcast(
     Ok((report, reports))
 }
 
+/// With several servers: each one's connections, deliveries and latency, merged over the
+/// workers (`sent`: messages sent in the window, so each connection expects that many).
+fn per_url(targets: &plan::Targets, reports: &[WorkerReport], sent: u64) -> Vec<UrlReport> {
+    if targets.list.len() < 2 {
+        return Vec::new();
+    }
+    targets
+        .urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let mut hist = Histogram::new();
+            let (mut opened, mut delivered) = (0, 0);
+            for tally in reports.iter().filter_map(|r| r.per_target.get(i)) {
+                opened += tally.opened;
+                delivered += tally.delivered;
+                hist.merge(&Histogram::from_sparse(&tally.latency));
+            }
+            let expected = sent * opened;
+            UrlReport {
+                url: url.clone(),
+                senders: targets.senders == Some(i),
+                opened,
+                expected,
+                delivered,
+                lost: expected as i64 - delivered as i64,
+                latency: Latency::of(&hist),
+            }
+        })
+        .collect()
+}
+
 /// `churn`.
 pub(crate) fn churn(args: &ChurnArgs) -> Result<(ChurnReport, bool), String> {
     let began = Instant::now();
-    let pid = args.common.server_pid;
+    let pids = args.common.server_pid.as_slice();
     if args.conns == 0 {
         return Err("--conns must be at least 1".into());
     }
-    let Setup { sources, mut fleet } = setup(
+    check_pids(pids)?;
+    let Setup {
+        sources,
+        mut fleet,
+        targets,
+    } = setup(
         Mode::Churn,
         &args.common,
         args.conns,
@@ -877,7 +1002,7 @@ pub(crate) fn churn(args: &ChurnArgs) -> Result<(ChurnReport, bool), String> {
         Traffic::default(),
         args.cycles,
     )?;
-    let start = CpuSample::take(&fleet, pid);
+    let start = CpuSample::take(&fleet, pids);
     let mut progress = Progress::new(args.common.quiet);
     let mut done = vec![false; fleet.len()];
     let mut previous = 0;
@@ -898,7 +1023,7 @@ pub(crate) fn churn(args: &ChurnArgs) -> Result<(ChurnReport, bool), String> {
             line
         });
     }
-    let end = CpuSample::take(&fleet, pid);
+    let end = CpuSample::take(&fleet, pids);
     let reports = fleet.stop()?;
     let totals = fleet.totals();
     refuse_declined(&totals, args.cycles)?;
@@ -907,10 +1032,11 @@ pub(crate) fn churn(args: &ChurnArgs) -> Result<(ChurnReport, bool), String> {
     let elapsed_s = (last.saturating_sub(first) as f64 / 1e6).max(1e-9);
     let hist = merge_hist(&reports, |r| &r.latency);
     let client = client_cpu(&fleet, "run", &start, &end);
-    let server = pid.map(|pid| {
+    let server = pids.first().map(|&pid| {
         let cpu_s = end.server.unwrap_or(0.0) - start.server.unwrap_or(0.0);
         ServerChurn {
             pid,
+            pids: several(pids),
             cpu_s,
             handshakes_per_cpu_s: if cpu_s > 0.0 {
                 totals.cycles_ok as f64 / cpu_s
@@ -923,7 +1049,8 @@ pub(crate) fn churn(args: &ChurnArgs) -> Result<(ChurnReport, bool), String> {
     fleet.finish();
     let report = ChurnReport {
         scenario: "churn",
-        url: args.common.url.clone(),
+        url: targets.urls.first().cloned().unwrap_or_default(),
+        urls: several(&targets.urls),
         concurrency: args.conns,
         cycles: args.cycles,
         deflate: args.common.deflate,

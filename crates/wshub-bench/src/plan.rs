@@ -4,6 +4,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
+use serde::{Deserialize, Serialize};
+
 use crate::payload::Payload;
 use crate::proto::{Mode, Plan};
 
@@ -12,7 +14,7 @@ use crate::proto::{Mode, Plan};
 pub(crate) const CONNS_PER_WORKER: u64 = 18_000;
 
 /// A parsed `ws://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Target {
     /// Where to connect.
     pub(crate) addr: SocketAddr,
@@ -56,6 +58,67 @@ pub(crate) fn parse_url(url: &str) -> Result<Target, String> {
     })
 }
 
+/// Where a run's connections go: the `--url` list (connection i to the (i mod n)-th) and, with
+/// `--sender-url`, the senders' own server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Targets {
+    /// The servers: the `--url` ones in order, then the `--sender-url` one if it is not among
+    /// them.
+    pub(crate) list: Vec<Target>,
+    /// Their URLs as given, same order.
+    pub(crate) urls: Vec<String>,
+    /// How many of `list` are `--url` ones (the connections are spread over those).
+    pub(crate) spread: usize,
+    /// The senders' index in `list` (`--sender-url`), if they have their own.
+    pub(crate) senders: Option<usize>,
+}
+
+/// Parses the `--url` list (at least one) and the `--sender-url`: a sender URL equal to one
+/// of the list's is that one (its connections and deliveries count together).
+pub(crate) fn parse_targets(urls: &[String], sender: Option<&str>) -> Result<Targets, String> {
+    if urls.is_empty() {
+        return Err("--url: at least one URL".into());
+    }
+    let mut list = urls
+        .iter()
+        .map(|url| parse_url(url))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut all = urls.to_vec();
+    let spread = list.len();
+    let senders = match sender {
+        None => None,
+        Some(url) => match urls.iter().position(|u| u == url) {
+            Some(i) => Some(i),
+            None => {
+                list.push(parse_url(url).map_err(|e| format!("--sender-url: {e}"))?);
+                all.push(url.to_string());
+                Some(spread)
+            }
+        },
+    };
+    Ok(Targets {
+        list,
+        urls: all,
+        spread,
+        senders,
+    })
+}
+
+/// Which of the plan's targets connection `index` goes to (`sender`: it is a sender).
+pub(crate) fn target_of(plan: &Plan, index: u64, sender: bool) -> usize {
+    match plan.sender_target {
+        Some(t) if sender => t,
+        _ => (index % plan.spread.max(1) as u64) as usize,
+    }
+}
+
+/// Whether sockets to all of `targets` may be bound to 127.0.0.2.. (all IPv4 loopback).
+pub(crate) fn all_loopback(targets: &[Target]) -> bool {
+    targets
+        .iter()
+        .all(|t| matches!(t.addr.ip(), IpAddr::V4(ip) if ip.is_loopback()))
+}
+
 /// The source addresses to bind: `requested` of them (`None`: enough that each carries at
 /// most a third of the ephemeral port range for `sockets` sockets), 127.0.0.2 upwards, only
 /// when the target is IPv4 loopback. Why a third: the kernel looks for a free port among the
@@ -92,7 +155,7 @@ pub(crate) fn workers(requested: Option<usize>, conns: u64) -> usize {
 #[derive(Debug, Clone)]
 pub(crate) struct Common {
     pub(crate) mode: Mode,
-    pub(crate) target: Target,
+    pub(crate) targets: Targets,
     pub(crate) sources: Vec<IpAddr>,
     pub(crate) total: u64,
     pub(crate) parallel: u64,
@@ -140,9 +203,9 @@ pub(crate) fn split_plans(common: &Common, workers: usize) -> Vec<Plan> {
             Plan {
                 mode: common.mode,
                 worker: i,
-                target: common.target.addr,
-                host: common.target.host.clone(),
-                path: common.target.path.clone(),
+                targets: common.targets.list.clone(),
+                spread: common.targets.spread,
+                sender_target: common.targets.senders,
                 sources: common.sources.clone(),
                 first,
                 count,
@@ -198,6 +261,51 @@ mod tests {
         assert_eq!(workers(None, 19_500), 2);
         assert_eq!(workers(Some(1), 19_500), 1);
         assert_eq!(workers(None, 100), 1);
+    }
+
+    #[test]
+    fn targets_and_who_goes_where() {
+        let urls: Vec<String> = ["ws://127.0.0.1:1/a", "ws://127.0.0.1:2/b"]
+            .iter()
+            .map(|u| u.to_string())
+            .collect();
+        let t = parse_targets(&urls, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((t.list.len(), t.spread, t.senders), (2, 2, None));
+        // A sender URL of the list is that one; another one comes after the list.
+        let t = parse_targets(&urls, Some("ws://127.0.0.1:2/b")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((t.list.len(), t.senders), (2, Some(1)));
+        let t = parse_targets(&urls, Some("ws://127.0.0.1:3/")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((t.list.len(), t.spread, t.senders), (3, 2, Some(2)));
+        assert_eq!(t.urls[2], "ws://127.0.0.1:3/");
+        assert!(all_loopback(&t.list));
+        assert!(parse_targets(&[], None).is_err());
+        assert!(parse_targets(&urls, Some("http://x/")).is_err());
+        let common = Common {
+            mode: Mode::Channel,
+            targets: t,
+            sources: Vec::new(),
+            total: 10,
+            parallel: 10,
+            connect_rate: 0.0,
+            connect_timeout_ms: 1000,
+            senders: 2,
+            size: 64,
+            msg_rate: 0.0,
+            in_flight: 8,
+            tag: 1,
+            cycles: 0,
+            quick_acks: false,
+            protocol: None,
+            channel: Some("bench".into()),
+            deflate: false,
+            payload: Payload::Letters,
+        };
+        let plans = split_plans(&common, 2);
+        let plan = &plans[1];
+        assert_eq!(plan.targets.len(), 3);
+        assert_eq!(target_of(plan, 4, false), 0);
+        assert_eq!(target_of(plan, 5, false), 1);
+        assert_eq!(target_of(plan, 5, true), 2);
     }
 
     #[test]

@@ -3,12 +3,13 @@
 //! and the final report with its histograms).
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::hist::Sparse;
 use crate::payload::Payload;
+use crate::plan::Target;
 
 /// Which workload a worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,12 +33,14 @@ pub(crate) struct Plan {
     pub(crate) mode: Mode,
     /// Worker number (0-based), for messages.
     pub(crate) worker: usize,
-    /// The server's address.
-    pub(crate) target: SocketAddr,
-    /// `Host` header value.
-    pub(crate) host: String,
-    /// Request path (with query).
-    pub(crate) path: String,
+    /// The servers (address, `Host` header, path): connection i goes to the
+    /// (i mod `spread`)-th, senders to `sender_target` when set.
+    pub(crate) targets: Vec<Target>,
+    /// How many of `targets` (the first ones) the connections are spread over.
+    pub(crate) spread: usize,
+    /// The senders' server in `targets` (`--sender-url`), if they have their own.
+    #[serde(default)]
+    pub(crate) sender_target: Option<usize>,
     /// Local addresses to bind before connecting, round-robin by global connection index
     /// (empty: let the kernel choose).
     pub(crate) sources: Vec<IpAddr>,
@@ -184,6 +187,20 @@ pub(crate) struct WorkerReport {
     /// Bytes written to the sockets during the window.
     #[serde(default)]
     pub(crate) wire_sent: u64,
+    /// With several servers (fan-out, channel): per server of the plan's `targets`.
+    #[serde(default)]
+    pub(crate) per_target: Vec<TargetTally>,
+}
+
+/// One server's share of a worker's connections and deliveries (with several servers).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct TargetTally {
+    /// Connections opened to it.
+    pub(crate) opened: u64,
+    /// Deliveries of measured messages to those connections.
+    pub(crate) delivered: u64,
+    /// Their latencies, µs.
+    pub(crate) latency: Sparse,
 }
 
 /// Channel mode: what the subscribers saw of the channel's offsets (each push must carry the

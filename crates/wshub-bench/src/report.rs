@@ -123,7 +123,11 @@ impl ClientCpu {
 /// Server memory for `idle`.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ServerMemory {
+    /// The (first) server process.
     pub(crate) pid: u32,
+    /// With several --server-pid: all of them (the RSS figures are their sums).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) pids: Vec<u32>,
     /// VmRSS before any connection, KiB.
     pub(crate) rss_before_kib: u64,
     /// Right after the last handshake.
@@ -142,7 +146,11 @@ pub(crate) struct ServerMemory {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct IdleReport {
     pub(crate) scenario: &'static str,
+    /// The (first) --url.
     pub(crate) url: String,
+    /// With several --url: all of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) urls: Vec<String>,
     pub(crate) conns: u64,
     /// permessage-deflate was offered (and agreed: a decline fails the run).
     pub(crate) deflate: bool,
@@ -169,9 +177,10 @@ pub(crate) struct IdleReport {
     pub(crate) wall_s: f64,
 }
 
-/// Server CPU for `fanout`.
+/// Server CPU for `fanout`: with several --server-pid, sums over all of them.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ServerCpu {
+    /// The (first) server process.
     pub(crate) pid: u32,
     /// utime + stime during the window, s.
     pub(crate) cpu_s: f64,
@@ -181,6 +190,41 @@ pub(crate) struct ServerCpu {
     pub(crate) deliveries_per_cpu_s: f64,
     /// VmRSS at the end of the window, KiB.
     pub(crate) rss_kib: u64,
+    /// With several --server-pid: each one's share.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) processes: Vec<ServerProcess>,
+}
+
+/// One of several server processes during the window.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ServerProcess {
+    pub(crate) pid: u32,
+    /// Its command name (/proc/PID/comm), e.g. "wshub" or "redis-server".
+    pub(crate) name: String,
+    /// utime + stime during the window, s.
+    pub(crate) cpu_s: f64,
+    /// Average share of one core during the window, %.
+    pub(crate) core_pct: f64,
+    /// VmRSS at the end of the window, KiB.
+    pub(crate) rss_kib: u64,
+}
+
+/// With several servers: one server's connections and what they received.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct UrlReport {
+    pub(crate) url: String,
+    /// The senders connected here (`--sender-url`).
+    pub(crate) senders: bool,
+    /// Connections opened to it.
+    pub(crate) opened: u64,
+    /// Messages sent in the window × opened.
+    pub(crate) expected: u64,
+    /// Deliveries of the window's messages to its connections.
+    pub(crate) delivered: u64,
+    /// expected − delivered.
+    pub(crate) lost: i64,
+    /// Over its connections' measured deliveries.
+    pub(crate) latency: Latency,
 }
 
 /// `fanout` results (and the part of `channel`'s they share).
@@ -188,7 +232,14 @@ pub(crate) struct ServerCpu {
 pub(crate) struct FanoutReport {
     /// "fanout" or "channel".
     pub(crate) scenario: &'static str,
+    /// The (first) --url.
     pub(crate) url: String,
+    /// With several --url: all of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) urls: Vec<String>,
+    /// --sender-url, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sender_url: Option<String>,
     pub(crate) conns: u64,
     pub(crate) opened: u64,
     pub(crate) failed: u64,
@@ -250,6 +301,10 @@ pub(crate) struct FanoutReport {
     pub(crate) pings: u64,
     pub(crate) errors: BTreeMap<String, u64>,
     pub(crate) server: Option<ServerCpu>,
+    /// With several servers: per server (the --url ones, then --sender-url's if not among
+    /// them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) per_url: Vec<UrlReport>,
     pub(crate) workers: usize,
     pub(crate) sources: usize,
     pub(crate) client: ClientCpu,
@@ -428,7 +483,11 @@ pub(crate) struct RecoverReport {
 /// Server CPU for `churn`.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ServerChurn {
+    /// The (first) server process.
     pub(crate) pid: u32,
+    /// With several --server-pid: all of them (cpu_s is their sum).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) pids: Vec<u32>,
     pub(crate) cpu_s: f64,
     pub(crate) handshakes_per_cpu_s: f64,
 }
@@ -437,7 +496,11 @@ pub(crate) struct ServerChurn {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ChurnReport {
     pub(crate) scenario: &'static str,
+    /// The (first) --url.
     pub(crate) url: String,
+    /// With several --url: all of them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) urls: Vec<String>,
     pub(crate) concurrency: u64,
     pub(crate) cycles: u64,
     /// permessage-deflate was offered (and agreed: a decline fails the run).
@@ -484,6 +547,25 @@ pub(crate) fn si(value: f64) -> String {
     }
 }
 
+/// The URL, or the URLs, for a report's first line.
+fn shown_urls(url: &str, urls: &[String]) -> String {
+    if urls.len() > 1 {
+        urls.join(" + ")
+    } else {
+        url.to_string()
+    }
+}
+
+/// " (pids 1, 2, 3)" or " (pid 1)".
+fn shown_pids(pid: u32, pids: &[u32]) -> String {
+    if pids.len() > 1 {
+        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        format!("pids {}, summed", list.join(", "))
+    } else {
+        format!("pid {pid}")
+    }
+}
+
 fn errors(out: &mut String, errors: &BTreeMap<String, u64>) {
     for (what, count) in errors {
         let _ = writeln!(out, "  error x{count}: {what}");
@@ -497,7 +579,7 @@ impl IdleReport {
         let _ = writeln!(
             out,
             "idle {}{}{}",
-            self.url,
+            shown_urls(&self.url, &self.urls),
             match (&self.subscribe, &self.subprotocol) {
                 (Some(channel), Some(p)) =>
                     format!(" ({p}, every connection subscribed to {channel})"),
@@ -530,12 +612,12 @@ impl IdleReport {
         if let Some(s) = &self.server {
             let _ = writeln!(
                 out,
-                "server rss:        {:.1} MiB before, {:.1} MiB opened, {:.1} MiB after hold, {:.1} MiB peak (pid {})",
+                "server rss:        {:.1} MiB before, {:.1} MiB opened, {:.1} MiB after hold, {:.1} MiB peak ({})",
                 s.rss_before_kib as f64 / 1024.0,
                 s.rss_opened_kib as f64 / 1024.0,
                 s.rss_after_kib as f64 / 1024.0,
                 s.rss_peak_kib as f64 / 1024.0,
-                s.pid
+                shown_pids(s.pid, &s.pids)
             );
             let _ = writeln!(
                 out,
@@ -570,11 +652,15 @@ impl FanoutReport {
         };
         let _ = writeln!(
             out,
-            "{} {}: {} conns, {} senders, {mode}, {} B {}messages{}{}",
+            "{} {}: {} conns, {} senders{}, {mode}, {} B {}messages{}{}",
             self.scenario,
-            self.url,
+            shown_urls(&self.url, &self.urls),
             self.conns,
             self.senders,
+            self.sender_url
+                .as_deref()
+                .map(|u| format!(" on {u}"))
+                .unwrap_or_default(),
             self.size,
             if self.payload == Payload::Json {
                 "JSON "
@@ -654,11 +740,43 @@ impl FanoutReport {
         if let Some(s) = &self.server {
             let _ = writeln!(
                 out,
-                "server cpu:        {:.2} s in the window ({:.0}% of a core), {} deliveries per CPU-second; rss {:.1} MiB",
+                "server cpu:        {:.2} s in the window ({:.0}% of a core), {} deliveries per CPU-second; rss {:.1} MiB{}",
                 s.cpu_s,
                 s.core_pct,
                 si(s.deliveries_per_cpu_s),
-                s.rss_kib as f64 / 1024.0
+                s.rss_kib as f64 / 1024.0,
+                if s.processes.is_empty() {
+                    ""
+                } else {
+                    " (sums of:)"
+                }
+            );
+            for p in &s.processes {
+                let _ = writeln!(
+                    out,
+                    "  pid {} {}: {:.2} s ({:.0}% of a core), rss {:.1} MiB",
+                    p.pid,
+                    p.name,
+                    p.cpu_s,
+                    p.core_pct,
+                    p.rss_kib as f64 / 1024.0
+                );
+            }
+        }
+        for u in &self.per_url {
+            let _ = writeln!(
+                out,
+                "{} {}{}: {} conns, {} expected, {} delivered, {} lost; p50 {} p99 {} max {}",
+                if u.lost == 0 { "  url" } else { "  URL LOSS" },
+                u.url,
+                if u.senders { " (senders)" } else { "" },
+                u.opened,
+                u.expected,
+                u.delivered,
+                u.lost,
+                ms(u.latency.p50_ms),
+                ms(u.latency.p99_ms),
+                ms(u.latency.max_ms)
             );
         }
         self.client.render(&mut out);
@@ -833,7 +951,7 @@ impl ChurnReport {
         let _ = writeln!(
             out,
             "churn {}: {} cycles, {} at a time{}",
-            self.url,
+            shown_urls(&self.url, &self.urls),
             self.cycles,
             self.concurrency,
             if self.deflate {

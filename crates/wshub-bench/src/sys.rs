@@ -25,6 +25,13 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The command name of `pid` (/proc/PID/comm), e.g. "redis-server".
+pub(crate) fn process_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|name| name.trim_end().to_string())
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux), the unit of
 /// /proc/PID/stat's CPU times.
 pub(crate) fn ticks_per_second() -> u64 {
@@ -175,6 +182,11 @@ mod tests {
         assert!(cpu_seconds(None).is_some());
         assert!(machine_busy_seconds().unwrap_or(0.0) > 0.0);
         assert!(cpu_seconds(Some(std::process::id())).is_some());
+        assert!(
+            !process_name(std::process::id())
+                .unwrap_or_default()
+                .is_empty()
+        );
         assert!(cpu_seconds_fine(None).unwrap_or(0.0) > 0.0);
         assert!(own_cpu_seconds() > 0.0);
         assert!(ticks_per_second() >= 100);

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::conn::{self, Shared};
 use crate::proto::{Command, Event, Mode, Plan, Schedule, WorkerReport, send_line};
-use crate::sys;
+use crate::{plan, sys};
 
 /// Progress reports go out this often.
 const TICK: Duration = Duration::from_millis(250);
@@ -165,6 +165,7 @@ async fn work(plan: Plan, mut commands: mpsc::UnboundedReceiver<Command>) {
         compressed_in_window: shared.compressed_in_window.get(),
         wire_received: shared.wire_received.get(),
         wire_sent: shared.wire_sent.get(),
+        per_target: shared.per_target(),
     };
     emit(&Event::Final(Box::new(report)));
     // Close politely: every connection sends a close frame and waits (briefly) for the
@@ -205,15 +206,18 @@ async fn open_all(
         spawn_local(async move {
             let source = source_for(&shared.plan, index);
             let me = shared.sender_of(index);
+            let target = plan::target_of(&shared.plan, index, me.is_some());
             let limit = Duration::from_millis(shared.plan.connect_timeout_ms);
-            let result = match tokio::time::timeout(limit, conn::open(&shared, source, me)).await {
-                Ok(result) => result,
-                Err(_) => Err("timeout (connect + handshake)".into()),
-            };
+            let result =
+                match tokio::time::timeout(limit, conn::open(&shared, target, source, me)).await {
+                    Ok(result) => result,
+                    Err(_) => Err("timeout (connect + handshake)".into()),
+                };
             drop(permit);
             match result {
                 Ok(conn) => {
                     shared.opened.set(shared.opened.get() + 1);
+                    shared.opened_to(conn.target);
                     shared.alive.set(shared.alive.get() + 1);
                     conn::run(conn, shared, go, stop).await;
                 }
@@ -260,7 +264,12 @@ async fn churn(shared: Rc<Shared>) -> (u64, u64) {
                 let began = Instant::now();
                 let result = match tokio::time::timeout(
                     limit,
-                    conn::open(&shared, source_for(plan, index), None),
+                    conn::open(
+                        &shared,
+                        plan::target_of(plan, index, false),
+                        source_for(plan, index),
+                        None,
+                    ),
                 )
                 .await
                 {

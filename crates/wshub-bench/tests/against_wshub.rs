@@ -388,6 +388,165 @@ fn channel_reports_publish_errors_as_failures() {
     assert!(errors.keys().any(|k| k.contains("403")), "{report}");
 }
 
+/// A `redis-server` of this test's own (Debian's package), without persistence, on a free
+/// port, its files in a temp dir; killed (and the dir removed) when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("wshub-bench-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) is installed");
+        let redis = Redis { child, port, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn channel_spread_over_two_redis_nodes_delivers_every_offset_once() {
+    // Two nodes sharing their channels through one Redis: subscribers spread over both
+    // (connection i to the (i mod 2)-th URL), publishers on node A, the server CPU summed
+    // over both nodes and redis-server.
+    let redis = Redis::start();
+    let a = Server::start(&["--broker", &redis.url(), "--node-name", "a"]);
+    let b = Server::start(&["--broker", &redis.url(), "--node-name", "b"]);
+    let pids = format!("{},{}", a.pid(), b.pid());
+    let redis_pid = redis.child.id().to_string();
+    let report = bench(&[
+        "channel",
+        "--url",
+        &a.url(),
+        "--url",
+        &b.url(),
+        "--sender-url",
+        &a.url(),
+        "--conns",
+        "60",
+        "--senders",
+        "4",
+        "--in-flight",
+        "8",
+        "--warmup",
+        "300ms",
+        "--duration",
+        "1s",
+        "--drain",
+        "10s",
+        "--channel",
+        "bench:nodes",
+        "--server-pid",
+        &pids,
+        "--server-pid",
+        &redis_pid,
+    ]);
+    check_channel(&report, 60);
+    assert_eq!(report["url"], a.url(), "{report}");
+    assert_eq!(report["urls"], serde_json::json!([a.url(), b.url()]));
+    assert_eq!(report["sender_url"], a.url(), "{report}");
+    let per_url = report["per_url"].as_array().unwrap();
+    assert_eq!(per_url.len(), 2, "{report}");
+    let sent = n(&report, "sent");
+    for (entry, url, senders) in [(&per_url[0], a.url(), true), (&per_url[1], b.url(), false)] {
+        assert_eq!(entry["url"], url, "{report}");
+        assert_eq!(entry["senders"], senders, "{report}");
+        // Senders are connections 0, 15, 30, 45 (every 60/4-th): all on A; the others
+        // alternate, so A has the 28 even others and the 4 senders, B the 28 odd others.
+        let opened = n(entry, "opened");
+        assert_eq!(opened, if senders { 32 } else { 28 }, "{report}");
+        assert_eq!(n(entry, "expected"), sent * opened, "{report}");
+        assert_eq!(n(entry, "delivered"), sent * opened, "{report}");
+        assert_eq!(entry["lost"].as_i64(), Some(0), "{report}");
+        assert!(
+            entry["latency"]["p99_ms"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
+    let processes = report["server"]["processes"].as_array().unwrap();
+    let names: Vec<&str> = processes
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3, "{report}");
+    assert!(names.contains(&"redis-server"), "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| **n == "wshub").count(),
+        2,
+        "{names:?}"
+    );
+    let summed: f64 = processes.iter().map(|p| p["cpu_s"].as_f64().unwrap()).sum();
+    let cpu_s = report["server"]["cpu_s"].as_f64().unwrap();
+    assert!((summed - cpu_s).abs() < 1e-6, "{report}");
+}
+
+#[test]
+fn one_url_and_one_pid_report_as_before() {
+    // The fields for several servers stay out of a one-server report.
+    let server = Server::start(&[]);
+    let report = bench(&[
+        "channel",
+        "--url",
+        &server.url(),
+        "--conns",
+        "20",
+        "--senders",
+        "2",
+        "--in-flight",
+        "8",
+        "--warmup",
+        "200ms",
+        "--duration",
+        "1s",
+        "--drain",
+        "10s",
+        "--server-pid",
+        &server.pid(),
+    ]);
+    check_channel(&report, 20);
+    for key in ["urls", "sender_url", "per_url"] {
+        assert!(report.get(key).is_none(), "{key}: {report}");
+    }
+    assert!(report["server"].get("processes").is_none(), "{report}");
+    assert_eq!(report["server"]["pid"].as_u64(), server.pid().parse().ok());
+}
+
 fn check_recover(report: &Value, messages: u64, rounds: u64) {
     assert_eq!(report["scenario"], "recover");
     assert_eq!(n(report, "failures"), 0, "{report}");
@@ -626,6 +785,8 @@ fn help_explains_scaling() {
         "recover",
         "permessage-deflate",
         "--payload",
+        "SEVERAL SERVERS",
+        "--sender-url",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}: {help}");
     }
