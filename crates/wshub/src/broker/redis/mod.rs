@@ -209,6 +209,16 @@ impl RedisBroker {
             .query_async(&mut commands)
             .await
             .map_err(&unreachable)?;
+        // On one Redis, loaded now, so the first publications do not all meet NOSCRIPT.
+        if !shared.commands.sharded() {
+            for script in [&shared.publish, &shared.history, &shared.members] {
+                script
+                    .prepare_invoke()
+                    .load_async(&mut commands)
+                    .await
+                    .map_err(&unreachable)?;
+            }
+        }
         let mut pubsub = shared.pubsub.clone();
         pubsub
             .subscribe(&shared.broadcast_channel())
@@ -374,48 +384,42 @@ impl Shared {
         Ok(pairs)
     }
 
-    /// Handles one message from the pub/sub connection.
-    async fn on_push(self: &Arc<Self>, push: PushInfo) {
+    /// Handles one message from the pub/sub connection, at once, unless it shows a gap:
+    /// then the channel, what it had, and the publication that showed the gap, to fill.
+    fn on_push(&self, push: PushInfo) -> Option<Gap> {
         match push.kind {
             PushKind::Message | PushKind::SMessage => {}
             PushKind::Disconnection => {
                 self.set_health(Health::Degraded(
                     "lost the pub/sub connection to Redis".into(),
                 ));
-                return;
+                return None;
             }
-            _ => return,
+            _ => return None,
         }
         let [Value::BulkString(name), Value::BulkString(payload)] = push.data.as_slice() else {
-            return;
+            return None;
         };
-        let Ok(name) = std::str::from_utf8(name) else {
-            return;
-        };
+        let name = std::str::from_utf8(name).ok()?;
         if name == self.broadcast_channel() {
             self.on_broadcast(payload);
-            return;
+            return None;
         }
-        let Some(channel) = self.channel_of(name) else {
-            return;
-        };
+        let channel = self.channel_of(name)?;
         match payload.split_first() {
             Some((b'p', rest)) => {
-                if let Some(publication) = parse_publication(rest) {
-                    self.on_publication(channel, publication).await;
-                }
+                let publication = parse_publication(rest)?;
+                self.on_publication(channel, publication)
             }
             Some((b'j', member)) => {
-                if let Some(member) = parse_member(member) {
-                    self.deliver(channel, Event::Join(member));
-                }
+                self.deliver(channel, Event::Join(parse_member(member)?));
+                None
             }
             Some((b'l', member)) => {
-                if let Some(member) = parse_member(member) {
-                    self.deliver(channel, Event::Leave(member));
-                }
+                self.deliver(channel, Event::Leave(parse_member(member)?));
+                None
             }
-            _ => {}
+            _ => None,
         }
     }
 
@@ -440,22 +444,25 @@ impl Shared {
         self.deliver("", Event::Broadcast(message));
     }
 
-    /// Delivers a publication in offset order, filling a gap before it from history.
-    async fn on_publication(self: &Arc<Self>, channel: &str, publication: Publication) {
-        let Some(last) = lock(&self.delivered).get(channel).cloned() else {
-            return; // no longer subscribed here
-        };
+    /// Delivers a publication if it is the channel's next; a gap before it is returned,
+    /// for `fill`.
+    fn on_publication(&self, channel: &str, publication: Publication) -> Option<Gap> {
+        let last = lock(&self.delivered).get(channel).cloned()?; // None: no longer here
         let same_epoch = *last.epoch == *publication.epoch;
         if same_epoch && publication.offset <= last.offset {
-            return; // delivered already (by a gap fill)
+            return None; // delivered already (by a gap fill)
         }
         let next = (same_epoch || last.epoch.is_empty()) && publication.offset == last.offset + 1;
         if next {
             self.advance(channel, &publication.epoch, publication.offset);
             self.deliver(channel, Event::Publication(publication));
-            return;
+            return None;
         }
-        self.fill(channel, last, Some(&publication)).await;
+        Some(Gap {
+            channel: channel.to_owned(),
+            last,
+            arrived: publication,
+        })
     }
 
     /// Notes what was delivered last, if the channel is still subscribed.
@@ -810,15 +817,52 @@ fn parse_entries(entries: &Value, epoch: &Arc<str>) -> Vec<Publication> {
 
 /// Works through what Redis pushes, in order; ends with the broker.
 async fn receive(weak: Weak<Shared>, mut inbound: mpsc::UnboundedReceiver<Inbound>) {
-    while let Some(item) = inbound.recv().await {
+    let mut batch = Vec::new();
+    while inbound.recv_many(&mut batch, 256).await > 0 {
         let Some(shared) = weak.upgrade() else {
             return;
         };
-        match item {
-            Inbound::Push(push) => shared.on_push(push).await,
-            Inbound::CheckAll => shared.check_all().await,
+        let mut items = batch.drain(..);
+        loop {
+            // What arrived together and is in order is delivered in one round: one write
+            // per recipient for all of it, as when a client sends a burst.
+            let stop = crate::wire::cork::batch(|| {
+                for item in items.by_ref() {
+                    match item {
+                        Inbound::Push(push) => {
+                            if let Some(gap) = shared.on_push(push) {
+                                return Some(Stop::Gap(gap));
+                            }
+                        }
+                        Inbound::CheckAll => return Some(Stop::Check),
+                    }
+                }
+                None
+            });
+            match stop {
+                None => break,
+                Some(Stop::Gap(gap)) => {
+                    shared
+                        .fill(&gap.channel, gap.last, Some(&gap.arrived))
+                        .await;
+                }
+                Some(Stop::Check) => shared.check_all().await,
+            }
         }
     }
+}
+
+/// A publication that arrived after a gap: the channel and what it had delivered.
+struct Gap {
+    channel: String,
+    last: StreamPosition,
+    arrived: Publication,
+}
+
+/// Why the receiving task leaves its round: a round trip to Redis is needed.
+enum Stop {
+    Gap(Gap),
+    Check,
 }
 
 /// Hands raw broadcasts to Redis, many per round trip.
