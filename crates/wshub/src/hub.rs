@@ -29,6 +29,7 @@ use crate::config::{Config, ConfigError};
 use crate::handler::{DynHandler, Handler};
 use crate::id::ConnId;
 use crate::message::{CloseReason, Message};
+use crate::rate::MessageRate;
 use crate::wire::backpressure::Backpressure;
 use crate::wire::outbox::{Deflating, Limits, Outbox, PushError};
 
@@ -84,6 +85,11 @@ struct Inner {
     closing: AtomicBool,
     /// Open connections per client address; only kept when `max_connections_per_ip` is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Each connection's budget of inbound messages (`client_rate`), when set.
+    message_rate: Option<MessageRate>,
+    /// Inbound messages refused for `client_rate` (error 429, dropped, or the last one
+    /// before the close), since the hub started.
+    rate_limited: AtomicU64,
     /// Connections whose kernel refuses our writes: publishers pause while many do.
     backpressure: Arc<Backpressure>,
     /// permessage-deflate: whether offered, from what size, and for how many.
@@ -161,6 +167,7 @@ impl Hub {
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
         let compression = Arc::new(Policy::new(config.compression, config.compression_min_size));
         let channels = Arc::new(Channels::new(compression.clone()));
+        let message_rate = MessageRate::new(config.client_rate, config.client_burst);
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
             let deliver = weak.clone();
             let stats = weak.clone();
@@ -196,6 +203,8 @@ impl Hub {
                 emptied: Notify::new(),
                 closing: AtomicBool::new(false),
                 per_ip: Mutex::new(HashMap::new()),
+                message_rate,
+                rate_limited: AtomicU64::new(0),
                 backpressure: Arc::default(),
                 compression,
                 channels,
@@ -441,6 +450,23 @@ impl Hub {
     ) -> bool {
         self.outbox(id)
             .is_some_and(|outbox| outbox.close(CloseReason::new(code, reason)))
+    }
+
+    /// Inbound messages refused for `client_rate` since the hub started: `wshub.v1`
+    /// commands answered with error 429, raw messages dropped, and each message that
+    /// closed its connection with 1008 "rate limit" (`GET /api/stats`: `rate_limited`).
+    pub fn rate_limited(&self) -> u64 {
+        self.inner.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// The connections' message budget, when `client_rate` is set.
+    pub(crate) fn message_rate(&self) -> Option<&MessageRate> {
+        self.inner.message_rate.as_ref()
+    }
+
+    /// Counts one inbound message refused for `client_rate`.
+    pub(crate) fn count_rate_limited(&self) {
+        self.inner.rate_limited.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connections currently open: admitted (upgrading or upgraded) and not yet finished.
