@@ -250,6 +250,12 @@ pub const KEYS: &[Key] = &[
         "Open connections per client IP at most; over it, 503. 0: no limit. Behind a proxy every client shares its IP.",
     ),
     key(
+        "connect_rate_per_ip",
+        Kind::Count,
+        "0",
+        "New connections per second per client IP (that many at once); over it, upgrades get 429 with Retry-After. 0: no limit. Behind a proxy every client shares its IP.",
+    ),
+    key(
         "client_rate",
         Kind::Count,
         "0",
@@ -498,6 +504,7 @@ impl Settings {
             client_rate: self.count("client_rate"),
             // 0 in the file is the default: twice client_rate.
             client_burst: Some(self.count("client_burst")).filter(|&burst| burst > 0),
+            connect_rate_per_ip: self.count("connect_rate_per_ip"),
             channels: self.list("channels"),
             client_publish: self.text("client_publish") == "true",
             history_size: self.count("history_size"),

@@ -54,6 +54,9 @@ pub struct Config {
     /// Messages a connection may send at once (the bucket's size), and how many more over
     /// its budget before it is closed. `None`: twice `client_rate`. Needs `client_rate`.
     pub client_burst: Option<usize>,
+    /// New connections per second per client IP address (0 = no limit), `connect_rate_per_ip`
+    /// at once; over it, upgrades get 429 with `Retry-After`.
+    pub connect_rate_per_ip: usize,
     /// Channel names clients may use: exact names, or prefixes ending in `*` (`chat:*`);
     /// `*` alone admits every name. Others get error 404 (unknown channel).
     pub channels: Vec<String>,
@@ -99,6 +102,7 @@ impl Default for Config {
             max_connections_per_ip: 0,
             client_rate: 0,
             client_burst: None,
+            connect_rate_per_ip: 0,
             channels: vec!["*".to_owned()],
             client_publish: true,
             history_size: 100,
@@ -169,14 +173,18 @@ impl Config {
                 ),
             );
         }
-        if self.client_rate > MAX_RATE {
-            return err(
-                "client_rate",
-                format!(
-                    "{} per second is more than the token bucket resolves (at most {MAX_RATE}); 0 turns it off",
-                    self.client_rate
-                ),
-            );
+        for (key, rate) in [
+            ("client_rate", self.client_rate),
+            ("connect_rate_per_ip", self.connect_rate_per_ip),
+        ] {
+            if rate > MAX_RATE {
+                return err(
+                    key,
+                    format!(
+                        "{rate} per second is more than the token bucket resolves (at most {MAX_RATE}); 0 turns it off"
+                    ),
+                );
+            }
         }
         match (self.client_rate, self.client_burst) {
             (0, Some(_)) => {
@@ -233,7 +241,7 @@ impl Config {
     }
 }
 
-/// The fastest `client_rate`: the token buckets count in
+/// The fastest `client_rate` / `connect_rate_per_ip`: the token buckets count in
 /// nanoseconds, so anything faster would refill in no time at all.
 pub(crate) const MAX_RATE: usize = 1_000_000_000;
 
@@ -305,6 +313,11 @@ mod tests {
         };
         assert_eq!(key_of(no_burst), "client_burst");
         let too_fast = Config {
+            connect_rate_per_ip: MAX_RATE + 1,
+            ..Config::default()
+        };
+        assert_eq!(key_of(too_fast), "connect_rate_per_ip");
+        let too_fast = Config {
             client_rate: MAX_RATE + 1,
             ..Config::default()
         };
@@ -312,6 +325,7 @@ mod tests {
         let fine = Config {
             client_rate: 5,
             client_burst: Some(1),
+            connect_rate_per_ip: 10,
             ..Config::default()
         };
         assert_eq!(fine.validate(), Ok(()));

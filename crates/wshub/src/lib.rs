@@ -33,8 +33,8 @@
 //! - [`config`](Config): limits and timeouts with the Go original's defaults; `validate()`.
 //! - `id`: [`ConnId`], a connection's identity to the hub, the channels and the broker.
 //! - `message`: [`Message`] (text/binary, shared payload) and [`CloseReason`].
-//! - `rate`: token buckets (governor): a connection's message budget (`client_rate`);
-//!   bookkeeping, no I/O.
+//! - `rate`: token buckets (governor): a connection's message budget (`client_rate`) and
+//!   the connect rate per address (`connect_rate_per_ip`); bookkeeping, no I/O.
 //! - `compression/`: permessage-deflate, a broadcast compressed once: the agreement and
 //!   the hub's policy (`mod.rs`), the pooled codec below `message` (`codec.rs`).
 //! - `wire/`: bytes in and out of a socket, below the hub: `reader`, the frame reader
