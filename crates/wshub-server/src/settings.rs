@@ -250,6 +250,24 @@ pub const KEYS: &[Key] = &[
         "Open connections per client IP at most; over it, 503. 0: no limit. Behind a proxy every client shares its IP.",
     ),
     key(
+        "connect_rate_per_ip",
+        Kind::Count,
+        "0",
+        "New connections per second per client IP (that many at once); over it, upgrades get 429 with Retry-After. 0: no limit. Behind a proxy every client shares its IP.",
+    ),
+    key(
+        "client_rate",
+        Kind::Count,
+        "0",
+        "Messages per second each connection may send; over it a wshub.v1 command gets error 429 and a raw message is dropped (counted: /api/stats rate_limited); still over after client_burst more, closed with 1008 \"rate limit\". Pings and pongs are free. 0: no limit.",
+    ),
+    key(
+        "client_burst",
+        Kind::Count,
+        "0",
+        "With client_rate: messages a connection may send at once, and how many more over its rate before it is closed. 0: twice client_rate.",
+    ),
+    key(
         "channels",
         Kind::List,
         "[\"*\"]",
@@ -483,6 +501,10 @@ impl Settings {
             handshake_timeout: self.duration("handshake_timeout"),
             max_connections: self.count("max_connections"),
             max_connections_per_ip: self.count("max_connections_per_ip"),
+            client_rate: self.count("client_rate"),
+            // 0 in the file is the default: twice client_rate.
+            client_burst: Some(self.count("client_burst")).filter(|&burst| burst > 0),
+            connect_rate_per_ip: self.count("connect_rate_per_ip"),
             channels: self.list("channels"),
             client_publish: self.text("client_publish") == "true",
             history_size: self.count("history_size"),

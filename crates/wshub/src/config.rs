@@ -45,6 +45,18 @@ pub struct Config {
     pub max_connections: usize,
     /// Open connections per client IP address at most (0 = no limit); over it, 503.
     pub max_connections_per_ip: usize,
+    /// Inbound messages per second per connection (0 = no limit), a token bucket. Over it, a
+    /// `wshub.v1` command gets error 429 and a raw message is dropped (counted in
+    /// [`Hub::rate_limited`](crate::Hub::rate_limited)); a client still over it after
+    /// `client_burst` more messages is closed with 1008 "rate limit". Pings, pongs and
+    /// closes are never counted.
+    pub client_rate: usize,
+    /// Messages a connection may send at once (the bucket's size), and how many more over
+    /// its budget before it is closed. `None`: twice `client_rate`. Needs `client_rate`.
+    pub client_burst: Option<usize>,
+    /// New connections per second per client IP address (0 = no limit), `connect_rate_per_ip`
+    /// at once; over it, upgrades get 429 with `Retry-After`.
+    pub connect_rate_per_ip: usize,
     /// Channel names clients may use: exact names, or prefixes ending in `*` (`chat:*`);
     /// `*` alone admits every name. Others get error 404 (unknown channel).
     pub channels: Vec<String>,
@@ -88,6 +100,9 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             max_connections: 0,
             max_connections_per_ip: 0,
+            client_rate: 0,
+            client_burst: None,
+            connect_rate_per_ip: 0,
             channels: vec!["*".to_owned()],
             client_publish: true,
             history_size: 100,
@@ -158,6 +173,37 @@ impl Config {
                 ),
             );
         }
+        for (key, rate) in [
+            ("client_rate", self.client_rate),
+            ("connect_rate_per_ip", self.connect_rate_per_ip),
+        ] {
+            if rate > MAX_RATE {
+                return err(
+                    key,
+                    format!(
+                        "{rate} per second is more than the token bucket resolves (at most {MAX_RATE}); 0 turns it off"
+                    ),
+                );
+            }
+        }
+        match (self.client_rate, self.client_burst) {
+            (0, Some(_)) => {
+                return err(
+                    "client_burst",
+                    "is set but client_rate is 0 (off): a burst needs a rate".into(),
+                );
+            }
+            (_, Some(0)) => {
+                return err(
+                    "client_burst",
+                    "must be at least 1 (unset: twice client_rate)".into(),
+                );
+            }
+            (_, Some(burst)) if u32::try_from(burst).is_err() => {
+                return err("client_burst", format!("must be at most {}", u32::MAX));
+            }
+            _ => {}
+        }
         if self.history_size > 0 && self.history_ttl.is_zero() {
             return err(
                 "history_ttl",
@@ -194,6 +240,10 @@ impl Config {
             || self.jwt_jwks.is_some()
     }
 }
+
+/// The fastest `client_rate` / `connect_rate_per_ip`: the token buckets count in
+/// nanoseconds, so anything faster would refill in no time at all.
+pub(crate) const MAX_RATE: usize = 1_000_000_000;
 
 /// Whether a channel pattern (an exact name, or a prefix ending in `*`) admits `channel`.
 pub(crate) fn pattern_matches(pattern: &str, channel: &str) -> bool {
@@ -244,6 +294,41 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(e.key, "ping_period");
         assert!(e.reason.contains("pong_wait"), "{e}");
+    }
+
+    #[test]
+    fn rate_limits_are_checked_naming_the_key() {
+        let key_of = |c: Config| c.validate().unwrap_err().key;
+        let burst_alone = Config {
+            client_burst: Some(5),
+            ..Config::default()
+        };
+        let e = burst_alone.validate().unwrap_err();
+        assert_eq!(e.key, "client_burst");
+        assert!(e.reason.contains("client_rate"), "{e}");
+        let no_burst = Config {
+            client_rate: 5,
+            client_burst: Some(0),
+            ..Config::default()
+        };
+        assert_eq!(key_of(no_burst), "client_burst");
+        let too_fast = Config {
+            connect_rate_per_ip: MAX_RATE + 1,
+            ..Config::default()
+        };
+        assert_eq!(key_of(too_fast), "connect_rate_per_ip");
+        let too_fast = Config {
+            client_rate: MAX_RATE + 1,
+            ..Config::default()
+        };
+        assert_eq!(key_of(too_fast), "client_rate");
+        let fine = Config {
+            client_rate: 5,
+            client_burst: Some(1),
+            connect_rate_per_ip: 10,
+            ..Config::default()
+        };
+        assert_eq!(fine.validate(), Ok(()));
     }
 
     #[test]

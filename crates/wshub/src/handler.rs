@@ -28,6 +28,10 @@ pub struct ConnInfo {
     pub(crate) headers: Option<Box<HeaderMap>>,
     /// The token's `sub`, when the upgrade request carried a valid one.
     pub(crate) user: Option<std::sync::Arc<str>>,
+    /// The connection's message budget, only when `client_rate` is set: kept here, where
+    /// its pointer fits the allocation's size class (152 → 160 bytes, jemalloc's class
+    /// either way), rather than in the task's future.
+    pub(crate) budget: Option<Box<crate::rate::Budget>>,
 }
 
 /// What [`ConnInfo::headers`] shows when none were kept.

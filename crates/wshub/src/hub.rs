@@ -29,6 +29,7 @@ use crate::config::{Config, ConfigError};
 use crate::handler::{DynHandler, Handler};
 use crate::id::ConnId;
 use crate::message::{CloseReason, Message};
+use crate::rate::{ConnectRate, MessageRate};
 use crate::wire::backpressure::Backpressure;
 use crate::wire::outbox::{Deflating, Limits, Outbox, PushError};
 
@@ -84,6 +85,13 @@ struct Inner {
     closing: AtomicBool,
     /// Open connections per client address; only kept when `max_connections_per_ip` is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// New connections per second per address (`connect_rate_per_ip`), when set.
+    connect_rate: Option<ConnectRate>,
+    /// Each connection's budget of inbound messages (`client_rate`), when set.
+    message_rate: Option<MessageRate>,
+    /// Inbound messages refused for `client_rate` (error 429, dropped, or the last one
+    /// before the close), since the hub started.
+    rate_limited: AtomicU64,
     /// Connections whose kernel refuses our writes: publishers pause while many do.
     backpressure: Arc<Backpressure>,
     /// permessage-deflate: whether offered, from what size, and for how many.
@@ -118,6 +126,14 @@ pub(crate) enum Refusal {
     Full(usize),
     /// `max_connections_per_ip` are open from this address.
     FullForAddress(usize),
+    /// This address opened `rate` connections in the last second (`connect_rate_per_ip`):
+    /// the next token comes in `retry_after` seconds (429 with `Retry-After`).
+    TooFast {
+        /// `connect_rate_per_ip`.
+        rate: u32,
+        /// Whole seconds, at least 1.
+        retry_after: u64,
+    },
 }
 
 impl std::fmt::Debug for Hub {
@@ -161,6 +177,8 @@ impl Hub {
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
         let compression = Arc::new(Policy::new(config.compression, config.compression_min_size));
         let channels = Arc::new(Channels::new(compression.clone()));
+        let connect_rate = ConnectRate::new(config.connect_rate_per_ip);
+        let message_rate = MessageRate::new(config.client_rate, config.client_burst);
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
             let deliver = weak.clone();
             let stats = weak.clone();
@@ -196,6 +214,9 @@ impl Hub {
                 emptied: Notify::new(),
                 closing: AtomicBool::new(false),
                 per_ip: Mutex::new(HashMap::new()),
+                connect_rate,
+                message_rate,
+                rate_limited: AtomicU64::new(0),
                 backpressure: Arc::default(),
                 compression,
                 channels,
@@ -443,6 +464,23 @@ impl Hub {
             .is_some_and(|outbox| outbox.close(CloseReason::new(code, reason)))
     }
 
+    /// Inbound messages refused for `client_rate` since the hub started: `wshub.v1`
+    /// commands answered with error 429, raw messages dropped, and each message that
+    /// closed its connection with 1008 "rate limit" (`GET /api/stats`: `rate_limited`).
+    pub fn rate_limited(&self) -> u64 {
+        self.inner.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// The connections' message budget, when `client_rate` is set.
+    pub(crate) fn message_rate(&self) -> Option<&MessageRate> {
+        self.inner.message_rate.as_ref()
+    }
+
+    /// Counts one inbound message refused for `client_rate`.
+    pub(crate) fn count_rate_limited(&self) {
+        self.inner.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Connections currently open: admitted (upgrading or upgraded) and not yet finished.
     pub fn connection_count(&self) -> usize {
         self.inner.live.load(Ordering::Acquire)
@@ -489,6 +527,12 @@ impl Hub {
     /// Reserves a place for a new connection from `ip`, or says why there is none. The
     /// place is counted from now (so concurrent upgrades cannot overshoot the limits)
     /// until the returned admission, or the registration made from it, is dropped.
+    ///
+    /// The connect rate (`connect_rate_per_ip`) is looked at last, so a token is taken only
+    /// by an upgrade that is admitted, and a refused look takes none. One request therefore
+    /// costs one token however often it is asked about: the accept loop's fast path
+    /// refuses without a token and hands the request to hyper's endpoint, which asks again
+    /// (and answers the 429); a fast path that admits never hands it on.
     pub(crate) fn admit(&self, ip: Option<IpAddr>) -> Result<Admission, Refusal> {
         if self.is_closing() {
             return Err(Refusal::ShuttingDown);
@@ -511,6 +555,13 @@ impl Hub {
             }
             *count += 1;
             admission.ip = Some(ip);
+        }
+        if let (Some(ip), Some(rate)) = (ip, &self.inner.connect_rate) {
+            // A refusal drops the admission: the places reserved above are given back.
+            rate.check(ip).map_err(|wait| Refusal::TooFast {
+                rate: rate.rate(),
+                retry_after: crate::rate::retry_after_secs(wait),
+            })?;
         }
         Ok(admission)
     }
@@ -670,5 +721,44 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.leave();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One upgrade costs one token: only an admitted one takes it. Refusals for the other
+    /// limits, and the rate's own refusals, leave the bucket as it was.
+    #[tokio::test]
+    async fn only_an_admitted_upgrade_takes_a_connect_token() {
+        let config = Config {
+            max_connections_per_ip: 1,
+            // Two a second: nothing comes back while the test runs (a token every 500 ms).
+            connect_rate_per_ip: 2,
+            ..Config::default()
+        };
+        let hub = Hub::new(config, crate::Broadcast).unwrap();
+        let ip = Some(IpAddr::from([127, 0, 0, 1]));
+        let first = hub.admit(ip).unwrap();
+        for _ in 0..5 {
+            assert_eq!(hub.admit(ip).err(), Some(Refusal::FullForAddress(1)));
+        }
+        drop(first);
+        let second = hub.admit(ip).unwrap();
+        drop(second);
+        for _ in 0..5 {
+            assert!(matches!(
+                hub.admit(ip).err(),
+                Some(Refusal::TooFast {
+                    rate: 2,
+                    retry_after: 1
+                })
+            ));
+        }
+        // Nothing of the refused ones is left counted: another address is admitted.
+        let other = hub.admit(Some(IpAddr::from([127, 0, 0, 2]))).unwrap();
+        assert_eq!(hub.connection_count(), 1);
+        drop(other);
     }
 }

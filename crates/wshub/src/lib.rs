@@ -34,6 +34,8 @@
 //! - `id`: [`ConnId`], a connection's identity to the hub, the channels and the broker.
 //! - `auth`: JWTs and the [`Identity`] they carry (user, `exp`, channel patterns).
 //! - `message`: [`Message`] (text/binary, shared payload) and [`CloseReason`].
+//! - `rate`: token buckets (governor): a connection's message budget (`client_rate`) and
+//!   the connect rate per address (`connect_rate_per_ip`); bookkeeping, no I/O.
 //! - `compression/`: permessage-deflate, a broadcast compressed once: the agreement and
 //!   the hub's policy (`mod.rs`), the pooled codec below `message` (`codec.rs`).
 //! - `wire/`: bytes in and out of a socket, below the hub: `reader`, the frame reader
@@ -70,6 +72,7 @@ mod http;
 mod hub;
 mod id;
 mod message;
+mod rate;
 mod wire;
 
 #[cfg(fuzzing)]

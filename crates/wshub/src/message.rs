@@ -234,6 +234,9 @@ impl CloseReason {
     pub const INVALID_UTF8: CloseReason = CloseReason::fixed(1007, "invalid UTF-8 in text message");
     /// 1008: the connection's outbound queue overflowed (`send_queue`).
     pub const SLOW_CONSUMER: CloseReason = CloseReason::fixed(1008, "slow consumer");
+    /// 1008: the client kept sending over its budget (`client_rate`) for `client_burst`
+    /// more messages.
+    pub const RATE_LIMIT: CloseReason = CloseReason::fixed(1008, "rate limit");
     /// 1009: an inbound message larger than `max_message_size`.
     pub const MESSAGE_TOO_BIG: CloseReason = CloseReason::fixed(1009, "message too big");
     /// 1006 (never sent on the wire): the link broke without a close handshake.

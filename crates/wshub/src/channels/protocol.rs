@@ -60,7 +60,8 @@ impl From<Since> for StreamPosition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProtocolError {
     /// 400 bad request, 403 not permitted, 404 unknown channel, 405 unknown command,
-    /// 409 already / not subscribed, 429 too many subscriptions, 500 broker failure.
+    /// 409 already / not subscribed, 429 too many subscriptions or over `client_rate`,
+    /// 500 broker failure.
     pub code: u16,
     /// One line for a human.
     pub message: String,
@@ -83,18 +84,22 @@ impl std::fmt::Display for ProtocolError {
 
 impl std::error::Error for ProtocolError {}
 
+/// The `id` of a frame that is an object with one, whether or not it is a valid command,
+/// so that an error reaches the right caller.
+pub(crate) fn id_of(text: &str) -> Option<Box<RawValue>> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<Box<RawValue>>,
+    }
+    serde_json::from_str::<IdOnly>(text)
+        .ok()
+        .and_then(|only| only.id)
+}
+
 /// Parses one command; a syntax error names its line and column.
 pub(crate) fn parse(text: &str) -> Result<Command, (Option<Box<RawValue>>, ProtocolError)> {
     serde_json::from_str::<Command>(text).map_err(|error| {
-        // Salvage the id, if the frame is an object with one, so the error reaches the
-        // right caller.
-        #[derive(Deserialize)]
-        struct IdOnly {
-            id: Option<Box<RawValue>>,
-        }
-        let id = serde_json::from_str::<IdOnly>(text)
-            .ok()
-            .and_then(|only| only.id);
+        let id = id_of(text);
         let what = if error.is_syntax() || error.is_eof() {
             "bad JSON"
         } else {

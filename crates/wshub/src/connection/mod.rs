@@ -24,6 +24,7 @@ use crate::connection::session::Session;
 use crate::handler::ConnInfo;
 use crate::hub::{Hub, Registration};
 use crate::message::{CloseReason, Message};
+use crate::rate::{MessageRate, Spend};
 use crate::wire::cork;
 use crate::wire::outbox::{Drive, Writer};
 use crate::wire::reader::{FrameReader, Inbound, ReadError};
@@ -122,13 +123,14 @@ pub(crate) fn run(
     if let Some(at) = identity.as_ref().and_then(|identity| identity.expires_at) {
         hub.set_deadline(registration.id, instant_of(at), 4002, "token expired");
     }
-    // Boxed: 224 bytes that the task would otherwise carry inline, padded to its layout.
+    // Boxed: 160 bytes that the task would otherwise carry inline, padded to its layout.
     let info = Box::new(ConnInfo {
         id: registration.id,
         remote_addr: request.remote_addr,
         uri: request.uri,
         headers: request.headers,
         user: identity.as_ref().map(|identity| identity.user.clone()),
+        budget: hub.message_rate().map(MessageRate::budget),
     });
     let session = request
         .structured
@@ -239,11 +241,26 @@ async fn pump(
             let event = std::mem::replace(&mut events[next], Inbound::Ping(Bytes::new()));
             next += 1;
             match event {
-                Inbound::Message(message) => match session {
-                    // Boxed: a command in progress should not size every idle task.
-                    Some(session) => Box::pin(session.handle(hub, registration, message)).await,
-                    None => hub.handler().on_message(hub, info, message).await,
-                },
+                Inbound::Message(message) => {
+                    match over_budget(hub, info) {
+                        Spend::Within => {}
+                        Spend::Over => {
+                            // Refused: a command gets its 429, a raw message is dropped.
+                            if let (Some(session), Some(rate)) = (&session, hub.message_rate()) {
+                                session.over_budget(registration, &message, rate.rate());
+                            }
+                            continue;
+                        }
+                        Spend::Exhausted => return End::Close(CloseReason::RATE_LIMIT),
+                    }
+                    match session {
+                        // Boxed: a command in progress should not size every idle task.
+                        Some(session) => {
+                            Box::pin(session.handle(hub, registration, message)).await;
+                        }
+                        None => hub.handler().on_message(hub, info, message).await,
+                    }
+                }
                 Inbound::Ping(payload) => outbox.push_control(Message::pong(&payload)),
                 Inbound::Close(reason) => return End::PeerClosed(reason),
             }
@@ -304,6 +321,19 @@ async fn pump(
             }
         }
     }
+}
+
+/// What an inbound message costs the connection's budget (`client_rate`); always within
+/// when there is none. A refused message is counted in the hub's `rate_limited`.
+fn over_budget(hub: &Hub, info: &ConnInfo) -> Spend {
+    let (Some(rate), Some(budget)) = (hub.message_rate(), &info.budget) else {
+        return Spend::Within;
+    };
+    let spend = rate.spend(budget);
+    if spend != Spend::Within {
+        hub.count_rate_limited();
+    }
+    spend
 }
 
 thread_local! {
@@ -427,5 +457,21 @@ mod tests {
         let size = std::mem::size_of_val(&future);
         println!("connection future: {size} bytes");
         assert!(size <= 840, "the connection future grew to {size} bytes");
+    }
+
+    /// The boxed `ConnInfo` is the rest of a connection's own memory: within jemalloc's
+    /// 160-byte size class (the binary's allocator), so the rate limit's pointer costs a
+    /// connection without one nothing.
+    #[test]
+    fn conn_info_fits_its_size_class() {
+        let size = std::mem::size_of::<ConnInfo>();
+        assert!(size <= 160, "ConnInfo grew to {size} bytes");
+    }
+
+    /// With `client_rate` set, each connection has a budget of its own: small, and only then.
+    #[test]
+    fn a_budget_is_small() {
+        let size = std::mem::size_of::<crate::rate::Budget>();
+        assert!(size <= 48, "a budget grew to {size} bytes");
     }
 }

@@ -131,6 +131,18 @@ impl Session {
         self.pending = false;
         Ok(reply)
     }
+
+    /// Answers a command the connection's budget refused (`client_rate`): error 429 with
+    /// the command's id, when it has one; the command is not run.
+    pub(crate) fn over_budget(&self, registration: &Registration, frame: &Message, rate: u32) {
+        let id = frame.as_text().and_then(protocol::id_of);
+        let error = ProtocolError::new(
+            429,
+            format!("rate limit: {rate} messages per second (client_rate)"),
+        );
+        push_or_evict(&registration.outbox, protocol::error(id.as_deref(), &error));
+    }
+
     /// Runs one inbound frame as a command and queues the reply.
     pub(crate) async fn handle(&mut self, hub: &Hub, registration: &Registration, frame: Message) {
         let reply = match frame.as_text() {

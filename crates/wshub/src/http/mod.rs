@@ -381,8 +381,9 @@ async fn api_channels(State(api): State<Arc<Api>>, headers: HeaderMap) -> Respon
     axum::Json(serde_json::json!({ "channels": channels })).into_response()
 }
 
-/// `GET /api/stats`: `{"connections": N, "tasks": M}`, for monitoring and for tests that
-/// check nothing is left behind (tasks are the runtime's live tasks).
+/// `GET /api/stats`: `{"connections": N, "tasks": M, "rate_limited": R}`, for monitoring
+/// and for tests that check nothing is left behind (tasks are the runtime's live tasks;
+/// `rate_limited` counts the inbound messages refused for `client_rate`).
 async fn api_stats(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
     if let Err(why) = authorize(&headers, &api.key) {
         return unauthorized(why);
@@ -393,6 +394,7 @@ async fn api_stats(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response 
     axum::Json(serde_json::json!({
         "connections": api.hub.connection_count(),
         "tasks": tasks,
+        "rate_limited": api.hub.rate_limited(),
     }))
     .into_response()
 }

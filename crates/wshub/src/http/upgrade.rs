@@ -2,8 +2,9 @@
 //!
 //! This is the last point where the request is plain HTTP, so every refusal gets a status
 //! and a one-line message: not an upgrade or a wrong version (426, naming version 13), a
-//! bad key (400), a foreign browser origin (403), a hub shutting down (503). Only then do
-//! we answer 101 and hand the upgraded socket to [`crate::connection::run`].
+//! bad key (400), a foreign browser origin (403), a hub shutting down or full (503), an
+//! address opening connections too fast (429 with `Retry-After`). Only then do we answer
+//! 101 and hand the upgraded socket to [`crate::connection::run`].
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -53,7 +54,7 @@ async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
         .map(|ConnectInfo(addr)| *addr);
     let admission = match hub.admit(remote_addr.map(|addr| addr.ip())) {
         Ok(admission) => admission,
-        Err(refusal) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &refused(refusal)),
+        Err(refusal) => return refused(refusal),
     };
     // Registered before the 101 goes out: a client that has seen the 101 receives every
     // broadcast from then on (queued until its socket is ready).
@@ -114,11 +115,15 @@ pub(crate) fn accept_parsed(
         .and_then(|path| path.split_once('?'))
         .map(|(_, query)| query);
     let mut accepted = check(head.headers, query, hub).ok()?;
+    let uri = http::Uri::try_from(head.path?).unwrap_or_default();
+    // Nothing after the admission hands the request on: an admitted request has taken its
+    // connect token (`connect_rate_per_ip`) and must not be asked about again by hyper's
+    // endpoint; a refused one took none, and the endpoint answers it.
     let admission = hub.admit(Some(remote_addr.ip())).ok()?;
     let registration = hub.register(admission, accepted.deflate);
     let request = connection::Request {
         remote_addr: Some(remote_addr),
-        uri: http::Uri::try_from(head.path?).unwrap_or_default(),
+        uri,
         headers: hub.handler().keeps_headers().then(|| {
             let headers: Vec<_> = head.headers.iter().map(|h| (h.name, h.value)).collect();
             Box::new(kept_headers(&headers))
@@ -139,9 +144,10 @@ pub(crate) fn accept_parsed(
     Some((response, registration, request))
 }
 
-/// Why the hub admits no more connections, as the 503's message.
-fn refused(refusal: Refusal) -> String {
-    match refusal {
+/// Why the hub admits no more connections: 503 with the reason, or for the connect rate
+/// 429 with `Retry-After`.
+fn refused(refusal: Refusal) -> Response {
+    let message = match refusal {
         Refusal::ShuttingDown => "server shutting down".to_owned(),
         Refusal::Full(limit) => {
             format!("server full: {limit} connections open (max_connections)")
@@ -149,7 +155,20 @@ fn refused(refusal: Refusal) -> String {
         Refusal::FullForAddress(limit) => {
             format!("too many connections from your address: {limit} open (max_connections_per_ip)")
         }
-    }
+        Refusal::TooFast { rate, retry_after } => {
+            let mut response = refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "too many new connections from your address: {rate} per second (connect_rate_per_ip); retry in {retry_after} s"
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            return response;
+        }
+    };
+    refuse(StatusCode::SERVICE_UNAVAILABLE, &message)
 }
 
 /// What a valid upgrade request asked for and gets.
