@@ -232,7 +232,16 @@ impl Verifier {
         };
         let mut validation = Validation::new(header.alg);
         validation.leeway = 0;
-        validation.set_required_spec_claims(&["sub"]);
+        // `aud` and `iss` must be present when they are checked: jsonwebtoken only
+        // compares the claims a token has.
+        let mut required = vec!["sub"];
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         match &self.audience {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
