@@ -5,6 +5,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { ROOT, startServer, startProxy, launchBrowser } from "../lib/harness.mjs";
+import { openChat as openChatIn, say, texts, showsExactly } from "../lib/chat.mjs";
 
 let server;
 let browser;
@@ -21,47 +22,7 @@ after(async () => {
   await server?.stop();
 });
 
-/** A new browser profile (its own localStorage) on the demo, in `room`, connected. */
-async function openChat(baseUrl, room, name) {
-  const context = await browser.newContext({ viewport: { width: 960, height: 560 } });
-  const page = await context.newPage();
-  const errors = [];
-  page.on("pageerror", (error) => errors.push(error));
-  page.errors = errors;
-  await page.goto(`${baseUrl}/#${room}`);
-  await page.fill("#name", name);
-  await page.waitForSelector('#status[data-state="connected"]');
-  await page.waitForSelector(`#rooms li.current a[href="#${room}"]`);
-  return page;
-}
-
-async function say(page, text) {
-  await page.fill("#text", text);
-  await page.press("#text", "Enter");
-}
-
-const texts = (page) => page.$$eval("#messages .text", (nodes) => nodes.map((n) => n.textContent));
-const offsets = (page) => page.$$eval("#messages li", (nodes) => nodes.map((n) => Number(n.dataset.offset)));
-
-/** Waits until the page shows exactly `expected` (in this order), then checks it stays so. */
-async function showsExactly(page, expected) {
-  try {
-    await page.waitForFunction(
-      (want) => JSON.stringify([...document.querySelectorAll("#messages .text")].map((n) => n.textContent)) === want,
-      JSON.stringify(expected),
-      { timeout: 10_000 },
-    );
-  } catch {
-    assert.deepEqual(await texts(page), expected);
-  }
-  await page.waitForTimeout(300); // nothing more trickles in (no duplicates)
-  assert.deepEqual(await texts(page), expected);
-  const seen = await offsets(page);
-  assert.ok(
-    seen.every((offset, i) => i === 0 || offset === seen[i - 1] + 1),
-    `offsets consecutive: ${seen}`,
-  );
-}
+const openChat = (baseUrl, room, name) => openChatIn(browser, baseUrl, room, name);
 
 async function waitForPeople(page, count) {
   await page.waitForFunction((n) => document.querySelectorAll("#people li").length === n, count, {

@@ -5,6 +5,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startServer, startRedis, startNginx, launchBrowser } from "../lib/harness.mjs";
+import { openChat as openChatIn, say, showsExactly } from "../lib/chat.mjs";
 
 let redis;
 let nodes = [];
@@ -27,39 +28,7 @@ after(async () => {
   await redis?.stop();
 });
 
-async function openChat(room, name) {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const errors = [];
-  page.on("pageerror", (error) => errors.push(error));
-  page.errors = errors;
-  await page.goto(`${nginx.url}/#${room}`);
-  await page.fill("#name", name);
-  await page.waitForSelector('#status[data-state="connected"]');
-  await page.waitForSelector(`#rooms li.current a[href="#${room}"]`);
-  return page;
-}
-
-async function say(page, text) {
-  await page.fill("#text", text);
-  await page.press("#text", "Enter");
-}
-
-const texts = (page) => page.$$eval("#messages .text", (nodes) => nodes.map((n) => n.textContent));
-
-async function showsExactly(page, expected) {
-  try {
-    await page.waitForFunction(
-      (want) => JSON.stringify([...document.querySelectorAll("#messages .text")].map((n) => n.textContent)) === want,
-      JSON.stringify(expected),
-      { timeout: 15_000 },
-    );
-  } catch {
-    assert.deepEqual(await texts(page), expected);
-  }
-  await page.waitForTimeout(300); // nothing more trickles in (no duplicates)
-  assert.deepEqual(await texts(page), expected);
-}
+const openChat = (room, name) => openChatIn(browser, nginx.url, room, name);
 
 const connections = () => Promise.all(nodes.map(async (node) => (await node.stats()).connections));
 
@@ -83,7 +52,7 @@ test("the chat demo through nginx on three nodes survives losing one", { timeout
   await say(alice, "three");
   await nodes[(bobsNode + 1) % 3].publish(`chat:${room}`, { name: "api", text: "four", at: Date.now() });
   await bob.waitForSelector('#status[data-state="connected"]', { timeout: 15_000 });
-  await showsExactly(bob, ["one", "two", "three", "four"]);
+  await showsExactly(bob, ["one", "two", "three", "four"], 15_000);
   await say(bob, "five");
   await showsExactly(alice, ["one", "two", "three", "four", "five"]);
   await showsExactly(bob, ["one", "two", "three", "four", "five"]);
