@@ -35,6 +35,7 @@ pub async fn connection(client_bytes: Vec<u8>) {
         headers: None,
         structured: false,
         compressed: false,
+        auth: crate::auth::Auth::Open,
     };
     let socket = connection::Socket::split(server, bytes::Bytes::new());
     connection::run(socket, hub.register(admission, None), request).await;
