@@ -500,12 +500,7 @@ def run_one(server, command, label, args, log):
         except (json.JSONDecodeError, IndexError):
             return {"error": f"wshub-bench exit {done.returncode}: {done.stdout[-400:]}"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def figures(result):
