@@ -160,6 +160,8 @@ struct Plan {
     site: Site,
     sink: Sink,
     bind: String,
+    /// `internal_bind`: where the operators' routes go, when not on `bind`.
+    internal_bind: Option<String>,
     broker: BrokerPlan,
     tls: Option<Arc<wshub::Tls>>,
 }
@@ -287,18 +289,13 @@ fn plan(settings: &Settings) -> anyhow::Result<Plan> {
         "stdio" => Sink::Stdio,
         _ => Sink::Chat,
     };
-    let bind = settings.text("bind");
-    // A port in use is a runtime failure (exit 1); an address that cannot be one is a
-    // config error like any other (exit 2).
-    std::net::ToSocketAddrs::to_socket_addrs(bind)
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "invalid config `bind`: `{bind}` is not HOST:PORT (e.g. 127.0.0.1:8080, [::]:8080, localhost:0)"
-            )
-        })?;
+    check_address(settings, "bind")?;
+    let internal_bind = settings.optional("internal_bind").map(str::to_owned);
+    if internal_bind.is_some() {
+        check_address(settings, "internal_bind")?;
+    }
     Ok(Plan {
+        internal_bind,
         tls: tls_plan(settings)?,
         broker: broker_plan(settings, &config)?,
         config,
@@ -306,6 +303,21 @@ fn plan(settings: &Settings) -> anyhow::Result<Plan> {
         sink,
         bind: settings.text("bind").to_owned(),
     })
+}
+
+/// A port in use is a runtime failure (exit 1); an address that cannot be one is a
+/// config error like any other (exit 2).
+fn check_address(settings: &Settings, key: &str) -> anyhow::Result<()> {
+    let address = settings.text(key);
+    std::net::ToSocketAddrs::to_socket_addrs(address)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .map(|_| ())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "invalid config `{key}`: `{address}` is not HOST:PORT (e.g. 127.0.0.1:8080, [::]:8080, localhost:0)"
+            )
+        })
 }
 
 fn run(settings: Settings) -> Result<(), Failure> {
@@ -327,6 +339,7 @@ async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
         site,
         sink,
         bind,
+        internal_bind,
         broker,
         tls,
     } = plan;
@@ -348,11 +361,11 @@ async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
     };
     let hub = match sink {
         Sink::Chat => Hub::with_shared_broker(config, Broadcast, broker),
-        Sink::Webhook(webhook) => Hub::with_shared_broker(
-            config,
-            sinks::Webhook::start(webhook).map_err(Failure::Runtime)?,
-            broker,
-        ),
+        Sink::Webhook(webhook) => {
+            let webhook = sinks::Webhook::start(webhook).map_err(Failure::Runtime)?;
+            Hub::with_shared_broker(config, webhook.clone(), broker)
+                .inspect(|hub| webhook.register_metrics(hub))
+        }
         Sink::Stdio => Hub::with_shared_broker(config, sinks::Stdio::start(), broker)
             .inspect(|hub| sinks::Stdio::read_stdin(hub.clone())),
     }
@@ -369,7 +382,15 @@ async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
         .local_addr()
         .context("listener has no address")
         .map_err(Failure::Runtime)?;
-    let router = wshub::router(hub.clone(), site);
+    let (router, internal) = match internal_bind {
+        Some(internal_bind) => {
+            let internal = wshub::internal_router(hub.clone(), site.clone());
+            let internal = serve_internal(&internal_bind, internal).await?;
+            (wshub::public_router(hub.clone(), site), Some(internal))
+        }
+        None => (wshub::router(hub.clone(), site), None),
+    };
+    let drain_timeout = hub.config().drain_timeout;
     let served = match tls {
         Some(tls) => {
             reload_on_sighup(tls.clone()).map_err(Failure::Runtime)?;
@@ -381,7 +402,47 @@ async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
             wshub::serve(listener, hub, router, shutdown).await
         }
     };
+    if let Some((stop, task)) = internal {
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(drain_timeout, task).await;
+    }
     served.context("server failed").map_err(Failure::Runtime)
+}
+
+/// The internal listener's stop signal and task.
+type Internal = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// `internal_bind`: the operators' routes on their own listener, plain HTTP (hyper through
+/// axum: no WebSocket fast path here, `/ws` is not routed). It is stopped after the
+/// public listener's drain, so `/readyz` answers 503 throughout it.
+async fn serve_internal(bind: &str, router: axum::Router) -> Result<Internal, Failure> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on `{bind}` (config `internal_bind`)"))
+        .map_err(Failure::Runtime)?;
+    let addr = listener
+        .local_addr()
+        .context("listener has no address")
+        .map_err(Failure::Runtime)?;
+    tracing::info!("internal routes (metrics, health, admin, api) on http://{addr}");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "internal listener failed");
+        }
+    });
+    Ok((stop, task))
 }
 
 /// SIGHUP reads the certificate and key again: new handshakes use them, open connections
@@ -434,6 +495,7 @@ fn site(settings: &Settings) -> anyhow::Result<Site> {
         static_dir,
         api_key: settings.optional("api_key").map(str::to_owned),
         api_max_body_size: settings.count("api_max_body_size"),
+        metrics: settings.text("metrics") == "true",
     })
 }
 

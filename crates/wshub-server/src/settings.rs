@@ -64,6 +64,18 @@ pub const KEYS: &[Key] = &[
         "Address and port to listen on (port 0 picks a free port).",
     ),
     key(
+        "internal_bind",
+        Kind::Text,
+        "\"\"",
+        "Address for /metrics, /healthz, /readyz, /admin and /api/*, served there and only there (keep it off the internet). Empty: all on bind.",
+    ),
+    key(
+        "metrics",
+        Kind::Choice(&["true", "false"]),
+        "true",
+        "Serve GET /metrics (the Prometheus text format, no key: put it on internal_bind).",
+    ),
+    key(
         "tls_cert",
         Kind::Text,
         "\"\"",
@@ -157,7 +169,7 @@ pub const KEYS: &[Key] = &[
         "api_key",
         Kind::Text,
         "\"\"",
-        "Bearer token for POST /api/broadcast. Empty: the API is off (404).",
+        "Bearer token for /api/* (broadcast, publish, channels, info, stats, drain) and the /admin dashboard. Empty: the API is off (404).",
     ),
     key(
         "api_max_body_size",

@@ -16,6 +16,7 @@ use std::time::Duration;
 use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use wshub::prometheus_client::metrics::counter::Counter;
 use wshub::{ConnInfo, Handler, Hub, Message};
 
 /// The JSON event for one inbound message:
@@ -37,11 +38,16 @@ struct Queue {
     tx: mpsc::Sender<String>,
     dropped: AtomicU64,
     name: &'static str,
+    /// `wshub_webhook_drops_total` for the webhook's queue.
+    drops: Option<Counter>,
 }
 
 impl Queue {
     fn push(&self, event: String) {
         if self.tx.try_send(event).is_err() {
+            if let Some(drops) = &self.drops {
+                drops.inc();
+            }
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(
                 sink = self.name,
@@ -56,6 +62,16 @@ impl Queue {
 #[derive(Debug, Clone)]
 pub struct Webhook {
     queue: Arc<Queue>,
+    counts: WebhookCounts,
+}
+
+/// `wshub_webhook_deliveries_total` and `wshub_webhook_drops_total`.
+#[derive(Debug, Clone, Default)]
+struct WebhookCounts {
+    /// Messages the webhook answered with a 2xx.
+    deliveries: Counter,
+    /// Messages given up: the queue was full, or every attempt failed.
+    drops: Counter,
 }
 
 /// Webhook delivery settings.
@@ -76,9 +92,15 @@ impl Webhook {
     pub fn start(config: WebhookConfig) -> anyhow::Result<Webhook> {
         let client = reqwest::Client::builder().timeout(config.timeout).build()?;
         let (tx, mut rx) = mpsc::channel::<String>(config.queue.max(1));
+        let counts = WebhookCounts::default();
+        let worker = counts.clone();
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
-                deliver(&client, &config, event).await;
+                if deliver(&client, &config, event).await {
+                    worker.deliveries.inc();
+                } else {
+                    worker.drops.inc();
+                }
             }
         });
         Ok(Webhook {
@@ -86,12 +108,29 @@ impl Webhook {
                 tx,
                 dropped: AtomicU64::new(0),
                 name: "webhook",
+                drops: Some(counts.drops.clone()),
             }),
+            counts,
         })
+    }
+
+    /// Adds the webhook's counters to the hub's `GET /metrics`.
+    pub fn register_metrics(&self, hub: &Hub) {
+        hub.register_metric(
+            "webhook_deliveries",
+            "Inbound messages the webhook accepted (2xx)",
+            self.counts.deliveries.clone(),
+        );
+        hub.register_metric(
+            "webhook_drops",
+            "Inbound messages given up: the webhook queue was full or every attempt failed",
+            self.counts.drops.clone(),
+        );
     }
 }
 
-async fn deliver(client: &reqwest::Client, config: &WebhookConfig, event: String) {
+/// POSTs one event, retrying; true once the webhook took it.
+async fn deliver(client: &reqwest::Client, config: &WebhookConfig, event: String) -> bool {
     let mut backoff = Duration::from_millis(100);
     for attempt in 0..=config.retries {
         let sent = client
@@ -101,18 +140,19 @@ async fn deliver(client: &reqwest::Client, config: &WebhookConfig, event: String
             .send()
             .await;
         let failure = match sent {
-            Ok(response) if response.status().is_success() => return,
+            Ok(response) if response.status().is_success() => return true,
             Ok(response) => format!("status {}", response.status()),
             Err(error) => error.to_string(),
         };
         if attempt == config.retries {
             tracing::warn!(url = %config.url, %failure, attempts = attempt + 1, "webhook delivery failed: message dropped");
-            return;
+            return false;
         }
         tracing::debug!(url = %config.url, %failure, attempt, "webhook delivery failed, retrying");
         tokio::time::sleep(backoff).await;
         backoff *= 2;
     }
+    false
 }
 
 impl Handler for Webhook {
@@ -149,6 +189,7 @@ impl Stdio {
             queue: Arc::new(Queue {
                 tx,
                 dropped: AtomicU64::new(0),
+                drops: None,
                 name: "stdout",
             }),
         }

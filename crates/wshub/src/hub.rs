@@ -29,6 +29,7 @@ use crate::config::{Config, ConfigError};
 use crate::handler::{DynHandler, Handler};
 use crate::id::ConnId;
 use crate::message::{CloseReason, Message};
+use crate::metrics::{Limit, Metrics};
 use crate::rate::{ConnectRate, MessageRate};
 use crate::wire::backpressure::Backpressure;
 use crate::wire::outbox::{Deflating, Limits, Outbox, PushError};
@@ -107,6 +108,8 @@ struct Inner {
     /// Wakes the deadline task when an earlier deadline is set (its own allocation, so
     /// the task can wait on it without keeping the hub alive).
     deadline_set: Arc<Notify>,
+    /// Counters for `GET /metrics`; every outbox holds it too.
+    metrics: Arc<Metrics>,
 }
 
 /// Connections' deadlines: a token's `exp` (4002), or the wait for `connect` (4001).
@@ -179,7 +182,9 @@ impl Hub {
         let channels = Arc::new(Channels::new(compression.clone()));
         let connect_rate = ConnectRate::new(config.connect_rate_per_ip);
         let message_rate = MessageRate::new(config.client_rate, config.client_burst);
+        let metrics = Arc::new(Metrics::new());
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
+            metrics.collect(Box::new(Gauges(weak.clone())));
             let deliver = weak.clone();
             let stats = weak.clone();
             broker.start(NodeLink {
@@ -192,7 +197,8 @@ impl Hub {
                             inner.broadcast_here(message);
                         }
                         event => {
-                            inner.channels.deliver(channel, event);
+                            let delivered = inner.channels.deliver(channel, event);
+                            inner.metrics.deliveries(delivered);
                         }
                     });
                 }),
@@ -227,6 +233,7 @@ impl Hub {
                     .map(Arc::new),
                 deadlines: Mutex::default(),
                 deadline_set: Arc::new(Notify::new()),
+                metrics,
             }
         });
         Ok(Hub { inner })
@@ -301,10 +308,9 @@ impl Hub {
         let data = serde_json::to_vec(data)
             .map_err(|e| ProtocolError::new(400, format!("data is not JSON: {e}")))?;
         let publication = self
-            .broker()
-            .publish(channel, data.into(), idempotency_key)
-            .await
-            .map_err(unavailable)?;
+            .broker_call(self.broker().publish(channel, data.into(), idempotency_key))
+            .await?;
+        self.inner.metrics.published();
         Ok(StreamPosition {
             epoch: publication.epoch,
             offset: publication.offset,
@@ -314,7 +320,7 @@ impl Hub {
     /// Who is subscribed to `channel` (on every node the broker spans).
     pub async fn presence(&self, channel: &str) -> Result<Vec<Member>, ProtocolError> {
         self.check_channel(channel)?;
-        self.broker().presence(channel).await.map_err(unavailable)
+        self.broker_call(self.broker().presence(channel)).await
     }
 
     /// The channel's position and retained publications: after `since`, or the newest
@@ -327,10 +333,46 @@ impl Hub {
     ) -> Result<History, ProtocolError> {
         self.check_channel(channel)?;
         let limit = limit.or(Some(usize::MAX));
-        self.broker()
-            .history(channel, since, limit)
+        self.broker_call(self.broker().history(channel, since, limit))
             .await
-            .map_err(unavailable)
+    }
+
+    /// Runs a broker call, timed for `wshub_broker_round_trip_seconds`; a failure is
+    /// counted and becomes a 503 (the caller may retry).
+    pub(crate) async fn broker_call<T>(
+        &self,
+        call: impl Future<Output = Result<T, crate::broker::BrokerError>>,
+    ) -> Result<T, ProtocolError> {
+        let started = Instant::now();
+        let result = call.await;
+        let error = result.as_ref().err();
+        self.inner.metrics.broker_call(
+            started.elapsed(),
+            error.map(|e| e as &dyn std::fmt::Display),
+        );
+        result.map_err(unavailable)
+    }
+
+    /// The hub's counters.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Every metric in the Prometheus text format (version 0.0.4), as `GET /metrics`
+    /// serves it.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.encode()
+    }
+
+    /// Adds a metric of your own to [`Hub::metrics_text`], named `wshub_<name>`
+    /// (counters get `_total`), e.g. a webhook's deliveries.
+    pub fn register_metric(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.inner.metrics.register(name, help, metric);
     }
 
     /// Channels with subscribers on this node, with how many, sorted by name.
@@ -479,6 +521,7 @@ impl Hub {
     /// Counts one inbound message refused for `client_rate`.
     pub(crate) fn count_rate_limited(&self) {
         self.inner.rate_limited.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.rate_limited(Limit::ClientRate);
     }
 
     /// Connections currently open: admitted (upgrading or upgraded) and not yet finished.
@@ -558,9 +601,12 @@ impl Hub {
         }
         if let (Some(ip), Some(rate)) = (ip, &self.inner.connect_rate) {
             // A refusal drops the admission: the places reserved above are given back.
-            rate.check(ip).map_err(|wait| Refusal::TooFast {
-                rate: rate.rate(),
-                retry_after: crate::rate::retry_after_secs(wait),
+            rate.check(ip).map_err(|wait| {
+                self.inner.metrics.rate_limited(Limit::ConnectRate);
+                Refusal::TooFast {
+                    rate: rate.rate(),
+                    retry_after: crate::rate::retry_after_secs(wait),
+                }
             })?;
         }
         Ok(admission)
@@ -591,6 +637,7 @@ impl Hub {
             limits,
             self.inner.backpressure.clone(),
             deflate,
+            self.inner.metrics.clone(),
         ));
         lock(self.shard(id)).insert(id, outbox.clone());
         if self.is_closing() {
@@ -660,7 +707,83 @@ impl Inner {
                 }
             }
         }
+        self.metrics.deliveries(delivered);
         delivered
+    }
+}
+
+/// What `GET /metrics` reads from the hub when scraped: its gauges, and the broker's
+/// gap counts (kept by the broker, so not counted twice).
+struct Gauges(std::sync::Weak<Inner>);
+
+impl std::fmt::Debug for Gauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gauges")
+    }
+}
+
+impl prometheus_client::collector::Collector for Gauges {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(inner) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let channels = inner.channels.list();
+        let subscriptions: usize = channels.iter().map(|(_, n)| n).sum();
+        let gauges = [
+            (
+                "connections",
+                "Connections open: upgrading, open or closing",
+                inner.live.load(Ordering::Relaxed),
+            ),
+            (
+                "subscriptions",
+                "Channel subscriptions on this node",
+                subscriptions,
+            ),
+            (
+                "channels",
+                "Channels with subscribers on this node",
+                channels.len(),
+            ),
+            (
+                "draining",
+                "1 while the node is draining or shutting down (not ready)",
+                usize::from(inner.closing.load(Ordering::Relaxed)),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value as i64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let (filled, unfillable) = inner.broker.gaps();
+        let counters = [
+            (
+                "broker_gaps_filled",
+                "Gaps in the broker's delivery filled from history",
+                filled,
+            ),
+            (
+                "broker_gaps_unfillable",
+                "Gaps history could not fill: subscribers were sent a resync",
+                unfillable,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
     }
 }
 

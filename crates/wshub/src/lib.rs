@@ -72,6 +72,7 @@ mod http;
 mod hub;
 mod id;
 mod message;
+mod metrics;
 mod rate;
 mod wire;
 
@@ -93,9 +94,12 @@ pub use http::server::{MAX_HEADER_BYTES, serve, serve_tls};
 pub use http::tls::{Tls, TlsError};
 pub use http::{
     CLIENT_DTS, CLIENT_JS, DEFAULT_HOME_TEMPLATE, Site, TemplateError, WS_PATH,
-    check_home_template, router,
+    check_home_template, internal_router, public_router, router,
 };
 pub use hub::{Hub, SendError};
 pub use id::ConnId;
 pub use message::{CloseReason, Message};
 pub use wire::cork::flush_corked;
+
+/// The metrics crate, for [`Hub::register_metric`]'s metric types.
+pub use prometheus_client;

@@ -24,6 +24,7 @@ use crate::connection::session::Session;
 use crate::handler::ConnInfo;
 use crate::hub::{Hub, Registration};
 use crate::message::{CloseReason, Message};
+use crate::metrics::Kind;
 use crate::rate::{MessageRate, Spend};
 use crate::wire::cork;
 use crate::wire::outbox::{Drive, Writer};
@@ -153,6 +154,7 @@ pub(crate) fn run(
     async move {
         let hub = &registration.hub;
         tracing::debug!(conn_id = %info.id, remote = ?info.remote_addr, "connected");
+        hub.metrics().accepted();
         hub.handler().on_connect(hub, &info).await;
 
         let mut session = session;
@@ -188,6 +190,7 @@ pub(crate) fn run(
             session.end(hub, &registration).await;
         }
         tracing::debug!(conn_id = %info.id, code = reason.code, reason = %reason.reason, "disconnected");
+        hub.metrics().closed(reason.code, &reason.reason);
         hub.handler().on_disconnect(hub, &info, &reason).await;
         drop(registration);
     }
@@ -242,6 +245,11 @@ async fn pump(
             next += 1;
             match event {
                 Inbound::Message(message) => {
+                    hub.metrics().received(
+                        Kind::of(message.is_text()),
+                        message.len(),
+                        cork::is_active(),
+                    );
                     match over_budget(hub, info) {
                         Spend::Within => {}
                         Spend::Over => {

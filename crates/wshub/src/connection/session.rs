@@ -319,20 +319,24 @@ impl Session {
                 ProtocolError::new(409, format!("already subscribed to `{channel}`"))
             })?;
         let asked = since.is_some();
-        let history = async {
-            if first {
-                broker.subscribe(channel).await?;
-            }
-            broker.history(channel, since, None).await
-        }
-        .await;
+        let history = hub
+            .broker_call(async {
+                if first {
+                    broker.subscribe(channel).await?;
+                }
+                broker.history(channel, since, None).await
+            })
+            .await;
         let history = match history {
             Ok(history) => history,
             Err(error) => {
                 channels.remove(channel, registration.id);
-                return Err(ProtocolError::new(503, error.to_string()));
+                return Err(error);
             }
         };
+        if asked {
+            hub.metrics().recovery(history.recovered);
+        }
         let extra = if asked {
             format!(
                 r#","recovered":{}{}"#,

@@ -5,6 +5,7 @@
 //! Anything not routed is 404; a routed path with the wrong method is 405 (as the Go
 //! original). The routes only translate HTTP into hub calls; the hub does the work.
 
+mod admin;
 mod home;
 mod prefixed;
 pub(crate) mod server;
@@ -53,6 +54,9 @@ pub struct Site {
     pub api_key: Option<String>,
     /// Largest request body the API accepts, in bytes (413 above).
     pub api_max_body_size: usize,
+    /// Serve `GET /metrics` (the Prometheus text format, no key: put it behind
+    /// [`internal_router`] where it must not face the internet).
+    pub metrics: bool,
 }
 
 impl Default for Site {
@@ -62,14 +66,32 @@ impl Default for Site {
             static_dir: None,
             api_key: None,
             api_max_body_size: 1024 * 1024,
+            metrics: true,
         }
     }
 }
 
-/// The whole HTTP surface for `hub`: `/`, `/wshub.js`, `/wshub.d.ts`, `/static/`, `/ws`
-/// and, with an API key, `POST /api/broadcast`, `POST /api/publish`, `GET /api/channels`
-/// and `GET /api/stats`.
+/// The whole HTTP surface for `hub` on one listener: [`public_router`]'s routes and
+/// [`internal_router`]'s.
 pub fn router(hub: Hub, site: Site) -> Router {
+    let internal = internal_routes(hub.clone(), &site);
+    public_routes(hub, site).merge(internal).fallback(not_found)
+}
+
+/// What clients use: `/`, `/wshub.js`, `/wshub.d.ts`, `/static/` and `/ws`.
+pub fn public_router(hub: Hub, site: Site) -> Router {
+    public_routes(hub, site).fallback(not_found)
+}
+
+/// What operators and the application's backend use, to serve on an address of its
+/// own (`internal_bind`): `GET /metrics`, `GET /healthz`, the dashboard (`/admin`) and,
+/// with an API key, `POST /api/broadcast`, `POST /api/publish`, `GET /api/channels`,
+/// `GET /api/info`, `GET /api/stats` and the dashboard's feed.
+pub fn internal_router(hub: Hub, site: Site) -> Router {
+    internal_routes(hub, &site).fallback(not_found)
+}
+
+fn public_routes(hub: Hub, site: Site) -> Router {
     let mut router = Router::new()
         .route(
             "/",
@@ -83,12 +105,24 @@ pub fn router(hub: Hub, site: Site) -> Router {
             "/wshub.d.ts",
             Asset::route(CLIENT_DTS, "application/typescript; charset=utf-8"),
         )
-        .route(WS_PATH, hub.endpoint())
-        .route("/healthz", get(healthz).with_state(hub.clone()));
+        .route(WS_PATH, hub.endpoint());
     if let Some(dir) = site.static_dir {
         router = router.nest_service("/static", static_files(dir));
     }
-    if let Some(key) = site.api_key {
+    router
+}
+
+fn internal_routes(hub: Hub, site: &Site) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(healthz).with_state(hub.clone()))
+        .route(
+            "/admin",
+            Asset::route(admin::PAGE, "text/html; charset=utf-8"),
+        );
+    if site.metrics {
+        router = router.route("/metrics", get(metrics).with_state(hub.clone()));
+    }
+    if let Some(key) = site.api_key.clone() {
         let api = Arc::new(Api { hub, key });
         router = router
             .route(
@@ -105,9 +139,26 @@ pub fn router(hub: Hub, site: Site) -> Router {
             )
             .route("/api/channels", get(api_channels).with_state(api.clone()))
             .route("/api/info", get(api_info).with_state(api.clone()))
+            .route("/api/admin/feed", get(admin::feed).with_state(api.clone()))
             .route("/api/stats", get(api_stats).with_state(api));
     }
-    router.fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
+    router
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
+}
+
+/// `GET /metrics`: every counter and gauge in the Prometheus text format (0.0.4).
+async fn metrics(State(hub): State<Hub>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        hub.metrics_text(),
+    )
+        .into_response()
 }
 
 /// `/static/…`: tower-http's `ServeDir` (content types, ranges, `..` refused), behind a

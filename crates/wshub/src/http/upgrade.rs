@@ -31,9 +31,18 @@ impl Hub {
     }
 }
 
-/// The axum handler behind [`Hub::endpoint`].
-async fn endpoint(State(hub): State<Hub>, mut request: Request) -> Response {
-    let mut accepted = match check(request.headers(), request.uri().query(), &hub) {
+/// The axum handler behind [`Hub::endpoint`]: the upgrade, and a refusal counted by
+/// its status (`wshub_handshakes_refused_total`).
+async fn endpoint(State(hub): State<Hub>, request: Request) -> Response {
+    let response = upgrade(&hub, request);
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        hub.metrics().refused(response.status().as_u16());
+    }
+    response
+}
+
+fn upgrade(hub: &Hub, mut request: Request) -> Response {
+    let mut accepted = match check(request.headers(), request.uri().query(), hub) {
         Ok(accepted) => accepted,
         Err((status, message)) => return refuse(status, &message),
     };

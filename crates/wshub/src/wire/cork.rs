@@ -145,6 +145,7 @@ fn flush() {
     ROUNDS.with(|rounds| rounds.set(0));
     uncork_all(&CORKED);
     uncork_all(&LAST);
+    crate::metrics::flush_thread();
 }
 
 fn uncork_all(list: &'static std::thread::LocalKey<RefCell<Vec<Arc<dyn Corked>>>>) {

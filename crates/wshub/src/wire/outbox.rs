@@ -24,6 +24,7 @@ use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
 use crate::message::{CloseReason, Message};
+use crate::metrics::{Kind, Metrics};
 use crate::wire::backpressure::Backpressure;
 use crate::wire::cork;
 
@@ -156,6 +157,8 @@ pub(crate) struct Outbox {
     backpressure: Arc<Backpressure>,
     /// Set when the client negotiated compression.
     deflate: Option<Deflating>,
+    /// The hub's counters: messages and bytes sent.
+    metrics: Arc<Metrics>,
     /// For the eviction log line.
     conn_id: u64,
 }
@@ -185,6 +188,7 @@ impl Outbox {
         limits: Limits,
         backpressure: Arc<Backpressure>,
         deflate: Option<Deflating>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         backpressure.outbox_created();
         if let Some(deflate) = &deflate {
@@ -195,6 +199,7 @@ impl Outbox {
             limits,
             backpressure,
             deflate,
+            metrics,
             conn_id,
         }
     }
@@ -218,6 +223,7 @@ impl Outbox {
     /// kernel is refusing, queued within the limits. Never waits. `Full` means the
     /// connection was just evicted.
     pub(crate) fn try_push(self: &Arc<Self>, message: Message) -> Result<(), PushError> {
+        let (kind, payload) = (Kind::of(message.is_text()), message.len());
         // Outside the lock: compressing for this client alone (a reply, a send) takes time.
         let message = match &self.deflate {
             Some(deflate) => {
@@ -239,12 +245,15 @@ impl Outbox {
             }
         }
         cork::count_push();
+        let in_round = cork::is_active();
+        self.metrics
+            .sent(kind, payload, message.wire().len(), in_round);
         state.bytes += message.wire().len();
         state.queue.push_back(message);
         if state.refused {
             return Ok(()); // the connection's task is driving the queue
         }
-        if cork::is_active() && state.queue.len() < FRAMES_PER_WRITE {
+        if in_round && state.queue.len() < FRAMES_PER_WRITE {
             if !state.corked {
                 state.corked = true;
                 drop(state);
@@ -551,7 +560,13 @@ mod tests {
 
     #[test]
     fn a_waiting_pong_is_replaced_not_added() {
-        let o = Arc::new(Outbox::new(1, limits(4), Default::default(), None));
+        let o = Arc::new(Outbox::new(
+            1,
+            limits(4),
+            Default::default(),
+            None,
+            Default::default(),
+        ));
         o.try_push("data".into()).unwrap();
         for i in 0..100u8 {
             o.push_control(Message::pong(&[i]));
@@ -573,7 +588,13 @@ mod tests {
 
     #[test]
     fn before_the_socket_frames_queue_within_the_limits() {
-        let o = Arc::new(Outbox::new(1, limits(2), Default::default(), None));
+        let o = Arc::new(Outbox::new(
+            1,
+            limits(2),
+            Default::default(),
+            None,
+            Default::default(),
+        ));
         assert_eq!(o.try_push("a".into()), Ok(()));
         assert_eq!(o.try_push("b".into()), Ok(()));
         assert_eq!(o.try_push("c".into()), Err(PushError::Full), "evicted");
@@ -585,7 +606,13 @@ mod tests {
     #[tokio::test]
     async fn frames_go_straight_to_the_socket() {
         let (client, server) = tokio::io::duplex(64);
-        let o = Arc::new(Outbox::new(1, limits(4), Default::default(), None));
+        let o = Arc::new(Outbox::new(
+            1,
+            limits(4),
+            Default::default(),
+            None,
+            Default::default(),
+        ));
         o.attach(Writer::Stream(Box::new(server)));
         o.try_push("hi".into()).unwrap();
         assert!(o.lock().queue.is_empty(), "written at once");
@@ -601,7 +628,13 @@ mod tests {
     #[tokio::test]
     async fn what_the_kernel_refuses_is_counted_and_the_non_reader_evicted() {
         let (_client, server) = tokio::io::duplex(16);
-        let o = Arc::new(Outbox::new(1, limits(3), Default::default(), None));
+        let o = Arc::new(Outbox::new(
+            1,
+            limits(3),
+            Default::default(),
+            None,
+            Default::default(),
+        ));
         o.attach(Writer::Stream(Box::new(server)));
         let ten = Message::text("0123456789");
         o.try_push(ten.clone()).unwrap(); // 12 bytes: fits
