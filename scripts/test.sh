@@ -21,11 +21,13 @@ step "toolchain"
 cargo --version
 rustc --version
 
-step "what the tests start (Debian's redis-server, nginx, openssl)"
+step "what the tests start (Debian's redis-server, nginx, openssl, python3-prometheus-client)"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v openssl >/dev/null || missing+=(openssl)   # the JWT tests make RSA keys with it
+# The metrics test reads /metrics with Python's prometheus_client text parser.
+/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || missing+=(python3-prometheus-client)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing ${missing[*]}"

@@ -239,17 +239,13 @@ async fn pump(
         let pushes = cork::pushes();
         // Taken one at a time, by index: an iterator and its item would both sit in
         // this future across the handler's await (160 bytes per connection).
+        count_received(hub, events);
         let mut next = 0;
         while next < events.len() {
             let event = std::mem::replace(&mut events[next], Inbound::Ping(Bytes::new()));
             next += 1;
             match event {
                 Inbound::Message(message) => {
-                    hub.metrics().received(
-                        Kind::of(message.is_text()),
-                        message.len(),
-                        cork::is_active(),
-                    );
                     match over_budget(hub, info) {
                         Spend::Within => {}
                         Spend::Over => {
@@ -327,6 +323,22 @@ async fn pump(
                 }
                 keepalive.as_mut().reset(next);
             }
+        }
+    }
+}
+
+/// Counts the messages among what was read (`wshub_messages_received_total`): all at
+/// once, before they are handled, as one borrow of the list (a borrow of each message
+/// before it is moved into its handler cost the connection's future 72 bytes).
+fn count_received(hub: &Hub, events: &[Inbound]) {
+    let metrics = hub.metrics();
+    for event in events {
+        if let Inbound::Message(message) = event {
+            metrics.received(
+                Kind::of(message.is_text()),
+                message.len(),
+                cork::is_active(),
+            );
         }
     }
 }
