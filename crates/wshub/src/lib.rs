@@ -33,6 +33,8 @@
 //! - [`config`](Config): limits and timeouts with the Go original's defaults; `validate()`.
 //! - `id`: [`ConnId`], a connection's identity to the hub, the channels and the broker.
 //! - `auth`: JWTs and the [`Identity`] they carry (user, `exp`, channel patterns).
+//! - `metrics`: the Prometheus counters ([`Hub::metrics_text`]), counted without a lookup
+//!   (per-recipient counts tallied per thread and added when a round writes).
 //! - `message`: [`Message`] (text/binary, shared payload) and [`CloseReason`].
 //! - `rate`: token buckets (governor): a connection's message budget (`client_rate`) and
 //!   the connect rate per address (`connect_rate_per_ip`); bookkeeping, no I/O.
@@ -55,8 +57,9 @@
 //! - `connection/`: one task per connection: reads, drives refused bytes, pings,
 //!   deadlines, close; `session`, what a `wshub.v1` connection's commands do, its
 //!   subscriptions.
-//! - `http/`: the HTTP surface ([`router`]): home page, browser client (`/wshub.js`),
-//!   static files, `/ws`, publish API; `server`, [`serve`] / [`serve_tls`]: the accept
+//! - `http/`: the HTTP surface ([`router`], or apart: [`public_router`] and
+//!   [`internal_router`]): home page, browser client (`/wshub.js`), static files, `/ws`,
+//!   publish API, `/metrics`, `/healthz`; `admin`, the dashboard and its feed; `server`, [`serve`] / [`serve_tls`]: the accept
 //!   loop, handshake limits and graceful shutdown; `tls`, [`Tls`] (reloadable); `home`,
 //!   the home page template; `upgrade`, HTTP → WebSocket checks (version, key,
 //!   origin) and the 101; `prefixed`, a stream with its first bytes already read.
