@@ -33,9 +33,9 @@
 //! - [`config`](Config): limits and timeouts with the Go original's defaults; `validate()`.
 //! - `id`: [`ConnId`], a connection's identity to the hub, the channels and the broker.
 //! - `auth`: JWTs and the [`Identity`] they carry (user, `exp`, channel patterns).
+//! - `message`: [`Message`] (text/binary, shared payload) and [`CloseReason`].
 //! - `metrics`: the Prometheus counters ([`Hub::metrics_text`]), counted without a lookup
 //!   (per-recipient counts tallied per thread and added when a round writes).
-//! - `message`: [`Message`] (text/binary, shared payload) and [`CloseReason`].
 //! - `rate`: token buckets (governor): a connection's message budget (`client_rate`) and
 //!   the connect rate per address (`connect_rate_per_ip`); bookkeeping, no I/O.
 //! - `compression/`: permessage-deflate, a broadcast compressed once: the agreement and
