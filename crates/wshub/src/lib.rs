@@ -59,10 +59,11 @@
 //!   subscriptions.
 //! - `http/`: the HTTP surface ([`router`], or apart: [`public_router`] and
 //!   [`internal_router`]): home page, browser client (`/wshub.js`), static files, `/ws`,
-//!   publish API, `/metrics`, `/healthz`; `admin`, the dashboard and its feed; `server`, [`serve`] / [`serve_tls`]: the accept
-//!   loop, handshake limits and graceful shutdown; `tls`, [`Tls`] (reloadable); `home`,
-//!   the home page template; `upgrade`, HTTP → WebSocket checks (version, key,
-//!   origin) and the 101; `prefixed`, a stream with its first bytes already read.
+//!   publish API, `/metrics`, `/healthz`; `admin`, the dashboard and its feed; `server`,
+//!   [`serve`] / [`serve_tls`]: the accept loop, handshake limits and graceful shutdown;
+//!   `tls`, [`Tls`] (reloadable); `home`, the home page template; `upgrade`, HTTP →
+//!   WebSocket checks (version, key, origin) and the 101; `prefixed`, a stream with its
+//!   first bytes already read.
 
 mod auth;
 mod broker;
