@@ -362,6 +362,42 @@ async fn webhook_mode_posts_each_message_as_json() {
         failures.load(std::sync::atomic::Ordering::SeqCst) >= 2,
         "the failed attempt was retried"
     );
+    // Counted in /metrics: one delivered (the retry does not count twice), none dropped.
+    metric_reaches(server.addr, "wshub_webhook_deliveries_total 1").await;
+    metric_reaches(server.addr, "wshub_webhook_drops_total 0").await;
+
+    // A webhook that never answers: the message is given up after its attempts.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+    let server = Server::start(
+        &[
+            "--on-message",
+            "webhook",
+            "--webhook-url",
+            &nowhere,
+            "--webhook-retries",
+            "0",
+        ],
+        &[],
+    );
+    let mut ws = connect(&server.url()).await;
+    ws.send(Frame::text("lost")).await.unwrap();
+    metric_reaches(server.addr, "wshub_webhook_drops_total 1").await;
+}
+
+/// Polls `GET /metrics` until it has the line `sample`.
+async fn metric_reaches(addr: std::net::SocketAddr, sample: &str) {
+    eventually_async(WAIT, || async {
+        http(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned(),
+        )
+        .await
+        .lines()
+        .any(|line| line == sample)
+    })
+    .await;
 }
 
 #[tokio::test]
