@@ -68,21 +68,10 @@ async fn snapshot(hub: &Hub) -> serde_json::Value {
     let subscriptions: usize = channels.iter().map(|(_, n)| n).sum();
     channels.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     channels.truncate(TOP_CHANNELS);
-    let (node, nodes, nodes_error) = match hub.nodes().await {
+    let (node, nodes, nodes_error) = match super::nodes(hub).await {
         Ok((node, nodes)) => (node, nodes, None),
         Err(error) => (None, Vec::new(), Some(error.message)),
     };
-    let nodes: Vec<_> = nodes
-        .iter()
-        .map(|node| {
-            serde_json::json!({
-                "name": node.name,
-                "connections": node.stats.connections,
-                "subscriptions": node.stats.subscriptions,
-                "last_seen": node.last_seen,
-            })
-        })
-        .collect();
     let broker = match hub.broker_health() {
         crate::broker::Health::Ok => None,
         crate::broker::Health::Degraded(why) => Some(why),

@@ -25,6 +25,7 @@ use tower_http::services::ServeDir;
 
 use self::home::HomePage;
 pub use self::home::{TemplateError, check_home_template};
+use crate::channels::protocol::ProtocolError;
 use crate::hub::Hub;
 use crate::message::Message;
 
@@ -381,15 +382,28 @@ async fn api_info(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
     if let Err(why) = authorize(&headers, &api.key) {
         return unauthorized(why);
     }
-    let (name, nodes) = match api.hub.nodes().await {
+    let (name, nodes) = match nodes(&api.hub).await {
         Ok(nodes) => nodes,
         Err(error) => return json_error(StatusCode::SERVICE_UNAVAILABLE, &error.message),
     };
-    let nodes: Vec<_> = if name.is_none() {
-        let subscriptions: usize = api.hub.channels().iter().map(|(_, n)| n).sum();
+    let (filled, unfillable) = api.hub.broker_gaps();
+    axum::Json(serde_json::json!({
+        "node": name,
+        "nodes": nodes,
+        "gaps": { "filled": filled, "unfillable": unfillable },
+    }))
+    .into_response()
+}
+
+/// This node's name and every node as `/api/info` lists them; on a single node (no name)
+/// this one alone.
+async fn nodes(hub: &Hub) -> Result<(Option<String>, Vec<serde_json::Value>), ProtocolError> {
+    let (name, nodes) = hub.nodes().await?;
+    let nodes = if name.is_none() {
+        let subscriptions: usize = hub.channels().iter().map(|(_, n)| n).sum();
         vec![serde_json::json!({
             "name": null,
-            "connections": api.hub.connection_count(),
+            "connections": hub.connection_count(),
             "subscriptions": subscriptions,
             "last_seen": std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -408,13 +422,7 @@ async fn api_info(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
             })
             .collect()
     };
-    let (filled, unfillable) = api.hub.broker_gaps();
-    axum::Json(serde_json::json!({
-        "node": name,
-        "nodes": nodes,
-        "gaps": { "filled": filled, "unfillable": unfillable },
-    }))
-    .into_response()
+    Ok((name, nodes))
 }
 
 /// `GET /api/channels`: `{"channels": [{"name", "subscribers"}]}`, channels with
