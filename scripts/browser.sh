@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The browser tests (browser/): wshub.js's logic in Node, then the chat demo and the client
-# in headless Chromium against the real release binary; prints wshub.js's gzip size.
+# The browser tests (browser/): wshub.js's logic in Node, then the chat demo, the client and
+# the /admin dashboard (under wshub-bench load) in headless Chromium against the real release
+# binaries; prints wshub.js's gzip size.
 #
 #   bash scripts/browser.sh
 #
 # Needs Node 18+ with npm, and Debian's Chromium: installed here when missing and we are
-# root (CHROMIUM=/path/to/chrome uses another). Screenshot: target/browser/demo.png.
+# root (CHROMIUM=/path/to/chrome uses another). Screenshots: target/browser/demo.png,
+# target/browser/admin*.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +26,8 @@ fi
 export CHROMIUM
 
 (cd browser && npm ci --no-audit --no-fund --loglevel=error)
-cargo build --release --locked -p wshub-server
+cargo build --release --locked -p wshub-server -p wshub-bench
 export WSHUB_BIN="$PWD/target/release/wshub"
+export WSHUB_BENCH="$PWD/target/release/wshub-bench"
 (cd browser && npm test)
 (cd browser && node size.mjs)

@@ -8,6 +8,7 @@ import { chromium } from "playwright-core";
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 export const API_KEY = "test";
 const BIN = process.env.WSHUB_BIN || `${ROOT}target/release/wshub`;
+const BENCH = process.env.WSHUB_BENCH || `${ROOT}target/release/wshub-bench`;
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 
 /**
@@ -49,6 +50,16 @@ export async function startServer(args = []) {
       if (!response.ok) throw new Error(`publish: ${response.status} ${await response.text()}`);
       return response.json();
     },
+    /** `GET /metrics`: each metric's value summed over its labels, by name. */
+    async metrics() {
+      const text = await (await fetch(`${url}/metrics`)).text();
+      const values = new Map();
+      for (const line of text.split("\n")) {
+        const found = /^([a-z_:][a-z0-9_:]*)(?:\{[^}]*\})? (\S+)$/i.exec(line);
+        if (found) values.set(found[1], (values.get(found[1]) ?? 0) + Number(found[2]));
+      }
+      return values;
+    },
     /** `GET /api/stats`: {connections, tasks}. */
     async stats() {
       const response = await fetch(`${url}/api/stats`, { headers: { authorization: `Bearer ${API_KEY}` } });
@@ -60,6 +71,32 @@ export async function startServer(args = []) {
       const exited = new Promise((resolve) => child.once("exit", resolve));
       child.kill(signal);
       await exited;
+    },
+  };
+}
+
+/**
+ * Starts `wshub-bench ARGS` (building the release binary if it is missing); `done`
+ * resolves to {code, stdout, stderr} when it exits, `stop()` ends it early.
+ */
+export function startBench(args) {
+  if (!existsSync(BENCH)) {
+    execFileSync("cargo", ["build", "--release", "-p", "wshub-bench"], { cwd: ROOT, stdio: "inherit" });
+  }
+  const child = spawn(BENCH, args, { stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("utf8").on("data", (chunk) => (stdout += chunk));
+  child.stderr.setEncoding("utf8").on("data", (chunk) => (stderr = (stderr + chunk).slice(-20_000)));
+  const done = new Promise((resolve, reject) => {
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+  return {
+    done,
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      await done.catch(() => {});
     },
   };
 }

@@ -50,6 +50,7 @@ test("the chat demo through nginx on three nodes survives losing one", { timeout
   await nodes[bobsNode].stop("SIGKILL");
   await bob.waitForFunction(() => window.chat.client.state !== "connected");
   await say(alice, "three");
+  await showsExactly(alice, ["one", "two", "three"]); // published before "four" is
   await nodes[(bobsNode + 1) % 3].publish(`chat:${room}`, { name: "api", text: "four", at: Date.now() });
   await bob.waitForSelector('#status[data-state="connected"]', { timeout: 15_000 });
   await showsExactly(bob, ["one", "two", "three", "four"], 15_000);
