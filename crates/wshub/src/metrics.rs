@@ -65,6 +65,46 @@ pub(crate) enum Limit {
 type TypeFamily = Family<[(&'static str, &'static str); 1], Counter>;
 type CodeFamily = Family<[(&'static str, u16); 1], Counter>;
 
+/// Close codes with a handle made in advance: every code the hub sends, and the usual
+/// ones from clients. Another code (a client's own 4xxx) is looked up in the family.
+const CLOSE_CODES: [u16; 13] = [
+    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 1012, 4001, 4002,
+];
+
+/// Every status an upgrade is refused with.
+const REFUSAL_STATUSES: [u16; 7] = [400, 401, 403, 404, 426, 429, 503];
+
+/// A family's handles for the values known in advance.
+#[derive(Debug)]
+struct ByCode<const N: usize> {
+    family: CodeFamily,
+    codes: &'static [u16; N],
+    handles: [Counter; N],
+}
+
+impl<const N: usize> ByCode<N> {
+    fn new(label: &'static str, codes: &'static [u16; N]) -> Self {
+        let family = CodeFamily::default();
+        let handles = codes.map(|code| family.get_or_create_owned(&[(label, code)]));
+        ByCode {
+            family,
+            codes,
+            handles,
+        }
+    }
+
+    fn inc(&self, label: &'static str, code: u16) {
+        match self.codes.iter().position(|&known| known == code) {
+            Some(i) => {
+                self.handles[i].inc();
+            }
+            None => {
+                self.family.get_or_create(&[(label, code)]).inc();
+            }
+        }
+    }
+}
+
 /// Counter handles of one type, made once.
 #[derive(Debug)]
 struct PerKind([Counter; 2]);
@@ -86,8 +126,8 @@ impl PerKind {
 pub(crate) struct Metrics {
     registry: Mutex<Registry>,
     accepted: Counter,
-    closed: CodeFamily,
-    refused: CodeFamily,
+    closed: ByCode<13>,
+    refused: ByCode<7>,
     messages_received: PerKind,
     bytes_received: PerKind,
     messages_sent: PerKind,
@@ -138,17 +178,17 @@ impl Metrics {
             "WebSocket connections that completed their upgrade",
             accepted.clone(),
         );
-        let closed = CodeFamily::default();
+        let closed = ByCode::new("code", &CLOSE_CODES);
         registry.register(
             "connections_closed",
             "Connections ended, by close code (ours or the client's; 1006: no close frame)",
-            closed.clone(),
+            closed.family.clone(),
         );
-        let refused = CodeFamily::default();
+        let refused = ByCode::new("status", &REFUSAL_STATUSES);
         registry.register(
             "handshakes_refused",
             "Upgrade requests refused, by HTTP status",
-            refused.clone(),
+            refused.family.clone(),
         );
         let per_kind = |registry: &mut Registry, name: &str, help: &str| {
             let family = TypeFamily::default();
@@ -287,7 +327,7 @@ impl Metrics {
 
     /// A connection ended with `code`, for `reason`.
     pub(crate) fn closed(&self, code: u16, reason: &str) {
-        self.closed.get_or_create(&[("code", code)]).inc();
+        self.closed.inc("code", code);
         match code {
             1008 if reason == crate::message::CloseReason::SLOW_CONSUMER.reason => {
                 self.evictions.inc();
@@ -301,7 +341,7 @@ impl Metrics {
     }
 
     pub(crate) fn refused(&self, status: u16) {
-        self.refused.get_or_create(&[("status", status)]).inc();
+        self.refused.inc("status", status);
     }
 
     pub(crate) fn deliveries(&self, n: usize) {
