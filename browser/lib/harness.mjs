@@ -37,9 +37,12 @@ export async function startServer(args = []) {
     });
     child.on("exit", (code) => reject(new Error(`wshub exited (${code}):\n${log}`)));
   });
+  const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve(code ?? signal)));
   return {
     url,
     log: () => log,
+    /** Resolves to the exit code (or the signal's name) once the process has ended. */
+    exited,
     /** `POST /api/publish`: resolves to {epoch, offset}. */
     async publish(channel, data) {
       const response = await fetch(`${url}/api/publish`, {

@@ -292,6 +292,34 @@ test("backoff: full jitter between minDelay and a doubling cap, reset once conne
   assert.equal(delays[5], undefined, "no retry after close()");
 });
 
+test("close 1012 (a draining node): reconnect within restartJitter, not the backoff, and recover", async () => {
+  const { client, sockets, socket } = setup({ minDelay: 60_000, maxDelay: 60_000, restartJitter: 30 });
+  const sub = client.subscribe("room");
+  const got = [];
+  sub.on("publication", (p) => got.push(p.offset));
+  const delays = [];
+  client.on("disconnected", ({ code, delay }) => delays.push([code, delay]));
+  client.connect();
+  for (let round = 1; round <= 3; round++) {
+    socket().open();
+    const subscribe = socket().last("subscribe");
+    assert.deepEqual(subscribe.since, round === 1 ? undefined : { epoch: "e1", offset: round - 1 });
+    socket().reply(subscribe, { epoch: "e1", offset: round - 1, recovered: round > 1, publications: [] });
+    socket().frame(pub(round));
+    socket().drop(1012);
+    await until(() => sockets.length === round + 1, "a reconnect well before minDelay");
+  }
+  for (const [code, delay] of delays) {
+    assert.equal(code, 1012);
+    assert.ok(delay >= 0 && delay <= 30, `delay ${delay} in [0, restartJitter]`);
+  }
+  assert.deepEqual(got, [1, 2, 3]);
+  // Any other close still backs off.
+  socket().drop(1001);
+  assert.ok(delays.at(-1)[1] >= 60_000, "1001: the backoff");
+  client.close();
+});
+
 test("a wrong subprotocol is not a connection", async () => {
   const { client, sockets, socket, states } = setup();
   client.connect();

@@ -241,9 +241,99 @@ its --history-ttl (300 s by default). Publishing over a WebSocket needs client_p
 true (the default); with --client-publish false use --api-key."
     )]
     Recover(RecoverArgs),
+    /// wshub.v1: N subscribers on node A, A drained or SIGTERMed: loss, duplicates, reconnects/s.
+    #[command(
+        long_about = "Measure taking node A of a cluster out of service. --conns wshub.v1 \
+subscribers connect to --url (node A) and subscribe to a fresh channel (--channel plus a \
+unique suffix); a publisher connected to --publish-url (default: the first --reconnect-url) \
+publishes {\"data\": n} at --rate per second and records the offset of every acknowledged \
+publication. After --before, node A is stopped: --stop drain sends POST /api/drain with \
+--api-key, --stop sigterm sends SIGTERM to --pid. A subscriber whose connection ends waits as \
+wshub.js does (after close 1012 a random time in [0, --restart-jitter]; after anything else a \
+random time between --min-delay and a cap doubling per failed attempt) and reconnects to the \
+next of --reconnect-url (round-robin over all subscribers, as a load balancer without sticky \
+sessions), subscribing with `since` = its last offset. Once every subscriber is back (and, \
+with --pid, node A has exited), publishing goes on for --after, then stops; the tool waits \
+until every subscriber has the last acknowledged offset. Each subscriber must have seen every \
+acknowledged offset exactly once, in order, from the channel's start (recovered ones from the \
+subscribe reply included; a `recovered: false` counts as a failure). Reports lost and \
+duplicated publications, the successful reconnects (101 received) per wall-clock second since \
+the stop, per node, their peak (and the busiest 100 ms), the close codes seen, failed \
+attempts by reason, the time until all were back and until node A exited. One process, one \
+thread: N up to about 18,000 (the file limit)."
+    )]
+    Drain(DrainArgs),
     /// Internal: one worker process (started by the tool itself).
     #[command(hide = true)]
     Worker,
+}
+
+/// How `drain` stops node A.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Stop {
+    /// `POST /api/drain` (needs --api-key).
+    Drain,
+    /// SIGTERM to --pid.
+    Sigterm,
+}
+
+/// `drain` flags.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DrainArgs {
+    /// Node A's WebSocket URL (ws://HOST:PORT/ws): every subscriber starts there.
+    #[arg(long, value_name = "URL")]
+    pub(crate) url: String,
+    /// The other nodes, where dropped subscribers reconnect (round-robin).
+    #[arg(long, value_name = "URL", value_delimiter = ',', required = true)]
+    pub(crate) reconnect_url: Vec<String>,
+    /// Where the publisher connects [default: the first --reconnect-url].
+    #[arg(long, value_name = "URL")]
+    pub(crate) publish_url: Option<String>,
+    /// Subscribers.
+    #[arg(long, short = 'n', value_name = "N")]
+    pub(crate) conns: u64,
+    /// Publications per second.
+    #[arg(long, value_name = "R", default_value_t = 10.0)]
+    pub(crate) rate: f64,
+    /// How node A is stopped.
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub(crate) stop: Stop,
+    /// Node A's API key (for --stop drain).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) api_key: Option<String>,
+    /// Node A's process id: SIGTERM goes there (--stop sigterm); with either, its exit is timed.
+    #[arg(long, value_name = "PID")]
+    pub(crate) pid: Option<u32>,
+    /// The channel's name prefix (a unique suffix is added).
+    #[arg(long, value_name = "NAME", default_value = "bench:drain")]
+    pub(crate) channel: String,
+    /// Publishing before node A is stopped.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    pub(crate) before: Duration,
+    /// Publishing after every subscriber is back.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    pub(crate) after: Duration,
+    /// After close 1012: reconnect within a random time up to this (wshub.js's restartJitter).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    pub(crate) restart_jitter: Duration,
+    /// After any other end: the backoff's minimum (wshub.js's minDelay; the cap doubles).
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = duration)]
+    pub(crate) min_delay: Duration,
+    /// Handshakes in flight at most while opening on node A.
+    #[arg(long, value_name = "P", default_value_t = 200)]
+    pub(crate) parallel: usize,
+    /// Give up on one connect + handshake after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub(crate) connect_timeout: Duration,
+    /// Give up waiting for the opening, or for everyone to be back, after this long.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = duration)]
+    pub(crate) timeout: Duration,
+    /// Print one JSON object instead of the human-readable report.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {

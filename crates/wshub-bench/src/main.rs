@@ -1,13 +1,15 @@
 //! `wshub-bench`: a load generator for WebSocket chat hubs and wshub.v1 channels. This file
 //! only parses the command line and dispatches: `idle`, `fanout`, `channel` and `churn` run in
 //! the coordinator (which starts worker processes), `recover` runs on one connection in this
-//! process, the hidden `worker` subcommand is one of those workers.
+//! process, `drain` (a node taken out of service) runs all its connections in this process,
+//! the hidden `worker` subcommand is one of those workers.
 
 mod cli;
 mod client;
 mod conn;
 mod coordinator;
 mod deflate;
+mod drain;
 mod hist;
 mod payload;
 mod plan;
@@ -57,6 +59,9 @@ fn main() -> ExitCode {
                 .map(|(r, json)| print(&r, json, report::RecoverReport::human)),
             Cmd::Churn(args) => coordinator::churn(args)
                 .map(|(r, json)| print(&r, json, report::ChurnReport::human)),
+            Cmd::Drain(args) => {
+                drain::drain(args).map(|(r, json)| print(&r, json, drain::DrainReport::human))
+            }
         };
     match outcome {
         Ok(code) => code,

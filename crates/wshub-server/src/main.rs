@@ -1,6 +1,8 @@
 //! `wshub`: the standalone server. Parses the command line, merges the config (flags >
 //! env > file > defaults), starts logging, binds, and runs `wshub::serve` until SIGINT or
-//! SIGTERM. All hub behaviour lives in the `wshub` library; this file only wires it up.
+//! SIGTERM (fast: 1001), or until a drain (SIGUSR1 or `POST /api/drain`: 1012 over
+//! `drain_period`) is over. All hub behaviour lives in the `wshub` library; this file only
+//! wires it up.
 
 use wshub_server::{settings, sinks};
 
@@ -374,6 +376,7 @@ async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
     let shutdown = shutdown_signal()
         .context("cannot install signal handlers")
         .map_err(Failure::Runtime)?;
+    drain_on_sigusr1(hub.clone()).map_err(Failure::Runtime)?;
     let listener = tokio::net::TcpListener::bind(&bind)
         .await
         .with_context(|| format!("cannot listen on `{bind}` (config `bind`)"))
@@ -443,6 +446,26 @@ async fn serve_internal(bind: &str, router: axum::Router) -> Result<Internal, Fa
         }
     });
     Ok((stop, task))
+}
+
+/// SIGUSR1 starts a drain: upgrades get 503, clients are closed with 1012 over
+/// `drain_period`, and `serve` returns (exit 0) once the last one is gone. Installed before
+/// we announce the address, like the other handlers, so an early signal is never lost.
+fn drain_on_sigusr1(hub: Hub) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 =
+        signal(SignalKind::user_defined1()).context("cannot install the SIGUSR1 handler")?;
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            let connections = hub.connection_count();
+            if hub.drain() {
+                tracing::info!(connections, "SIGUSR1 received: draining");
+            } else {
+                tracing::info!("SIGUSR1 received: already draining or shutting down");
+            }
+        }
+    });
+    Ok(())
 }
 
 /// SIGHUP reads the certificate and key again: new handshakes use them, open connections

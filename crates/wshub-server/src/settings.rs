@@ -337,7 +337,13 @@ pub const KEYS: &[Key] = &[
         "drain_timeout",
         Kind::Duration,
         "\"5s\"",
-        "On SIGINT/SIGTERM, how long to wait for connections to close.",
+        "On SIGINT/SIGTERM, how long to wait for connections to close; after a drain's drain_period, how much longer it waits for the last ones.",
+    ),
+    key(
+        "drain_period",
+        Kind::Duration,
+        "\"30s\"",
+        "On SIGUSR1 or POST /api/drain: close every client with 1012 \"service restart\", spread evenly over this long (new upgrades get 503), then exit.",
     ),
     key(
         "log_format",
@@ -510,6 +516,7 @@ impl Settings {
             compression_min_size: self.count("compression_min_size"),
             allowed_origins: self.list("allowed_origins"),
             drain_timeout: self.duration("drain_timeout"),
+            drain_period: self.duration("drain_period"),
             handshake_timeout: self.duration("handshake_timeout"),
             max_connections: self.count("max_connections"),
             max_connections_per_ip: self.count("max_connections_per_ip"),

@@ -36,6 +36,11 @@ export interface ClientOptions {
   minDelay?: number;
   /** Longest wait before a reconnect, in ms (default 20000). */
   maxDelay?: number;
+  /**
+   * After close code 1012 (the server is draining), reconnect after a random wait in
+   * [0, restartJitter] ms instead of the backoff (default 2000), with recovery as always.
+   */
+  restartJitter?: number;
   /** Send a `ping` after this long without any frame from the server, in ms (default 25000; 0: never). */
   pingInterval?: number;
   /** Give the connection up when that ping gets no reply within this time, in ms (default 10000). */

@@ -22,6 +22,9 @@
 // `new Client(url?, options?)` options (milliseconds):
 //   minDelay 200, maxDelay 20000  reconnect backoff: each retry waits a random time between
 //                                 minDelay and min(maxDelay, minDelay·2^attempt) (full jitter)
+//   restartJitter 2000            after close 1012 (the node is draining): reconnect after a
+//                                 random time in [0, restartJitter] instead, so a drained
+//                                 node's clients reach the others spread out, not at once
 //   pingInterval 25000            send a `ping` command after this long without any frame
 //                                 (browsers answer the server's pings but never show them);
 //                                 0 turns it off
@@ -43,7 +46,7 @@
 // connection (up to `timeout`).
 //
 // Reconnecting: after a dropped connection the client retries with backoff, at once when
-// the browser comes back online or the page becomes visible again. Every subscription is
+// the browser comes back online or the page becomes visible again (after 1012: jitter). Every subscription is
 // renewed with `since` = the position of the last publication it delivered (or of its
 // subscribe reply), so what was published meanwhile arrives in order; a publication whose
 // offset is not above the last one delivered is skipped, so none arrives twice. If the
@@ -170,6 +173,7 @@ export class Client extends Emitter {
     this.options = {
       minDelay: 200,
       maxDelay: 20000,
+      restartJitter: 2000,
       pingInterval: 25000,
       pongTimeout: 10000,
       timeout: 10000,
@@ -346,9 +350,11 @@ export class Client extends Emitter {
     }
     let delay;
     if (this._active) {
-      const { minDelay, maxDelay } = this.options;
-      const cap = Math.min(maxDelay, minDelay * 2 ** ++this._attempt);
-      delay = renewable ? 0 : minDelay + Math.random() * (cap - minDelay);
+      const { minDelay, maxDelay, restartJitter } = this.options;
+      if (renewable) delay = 0;
+      // 1012: the node is draining; come back (to another one) spread out, not in a storm.
+      else if (code === 1012) delay = Math.random() * restartJitter;
+      else delay = minDelay + Math.random() * (Math.min(maxDelay, minDelay * 2 ** ++this._attempt) - minDelay);
       this._retry = setTimeout(() => this._open(), delay);
     }
     this._setState("disconnected");

@@ -37,8 +37,13 @@ pub struct Config {
     pub compression_min_size: usize,
     /// Browser origins allowed to upgrade besides the same host; `"*"` allows any.
     pub allowed_origins: Vec<String>,
-    /// How long a shutdown waits for connections to finish their close handshake.
+    /// How long a shutdown waits for connections to finish their close handshake; after a
+    /// drain's `drain_period`, how much longer the drain waits for the last ones.
     pub drain_timeout: Duration,
+    /// A drain ([`Hub::drain`](crate::Hub::drain)) closes the node's connections with 1012
+    /// "service restart" spread evenly over this long, so their clients reconnect to
+    /// other nodes in a trickle rather than all at once.
+    pub drain_period: Duration,
     /// An HTTP request (including a WebSocket upgrade) must arrive in full within this time.
     pub handshake_timeout: Duration,
     /// Open connections at most (0 = no limit); over it, upgrades get 503.
@@ -97,6 +102,7 @@ impl Default for Config {
             compression_min_size: 256,
             allowed_origins: Vec::new(),
             drain_timeout: Duration::from_secs(5),
+            drain_period: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 0,
             max_connections_per_ip: 0,
@@ -151,11 +157,12 @@ impl Config {
                 return err(key, "must be at least 1".into());
             }
         }
-        let durations: [(&'static str, Duration); 5] = [
+        let durations: [(&'static str, Duration); 6] = [
             ("pong_wait", self.pong_wait),
             ("ping_period", self.ping_period),
             ("write_wait", self.write_wait),
             ("drain_timeout", self.drain_timeout),
+            ("drain_period", self.drain_period),
             ("handshake_timeout", self.handshake_timeout),
         ];
         for (key, value) in durations {

@@ -84,6 +84,14 @@ struct Inner {
     emptied: Notify,
     /// Set by [`Hub::shutdown`]: new upgrades are refused with 503.
     closing: AtomicBool,
+    /// Set by [`Hub::drain`]: new upgrades are refused with 503, the connections are
+    /// being closed with 1012 over `drain_period`.
+    draining: AtomicBool,
+    /// Becomes true when a drain is over (the last connection gone, or `drain_period` +
+    /// `drain_timeout` passed): what [`Hub::drained`] waits for.
+    drain_over: tokio::sync::watch::Sender<bool>,
+    /// The broker has been healthy at least once (`GET /readyz`: "starting" until then).
+    broker_reached: AtomicBool,
     /// Open connections per client address; only kept when `max_connections_per_ip` is set.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// New connections per second per address (`connect_rate_per_ip`), when set.
@@ -125,6 +133,8 @@ struct Deadlines {
 pub(crate) enum Refusal {
     /// [`Hub::shutdown`] has begun.
     ShuttingDown,
+    /// [`Hub::drain`] has begun: the client should go to another node.
+    Draining,
     /// `max_connections` are open.
     Full(usize),
     /// `max_connections_per_ip` are open from this address.
@@ -219,6 +229,9 @@ impl Hub {
                 live: AtomicUsize::new(0),
                 emptied: Notify::new(),
                 closing: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+                drain_over: tokio::sync::watch::Sender::new(false),
+                broker_reached: AtomicBool::new(false),
                 per_ip: Mutex::new(HashMap::new()),
                 connect_rate,
                 message_rate,
@@ -471,6 +484,22 @@ impl Hub {
         self.inner.broker.health()
     }
 
+    /// Whether the broker has been healthy at least once, and if not, why (`GET /readyz`
+    /// says "starting" until then). Only the first success is remembered: a later outage
+    /// is `/healthz`'s "degraded", while the node keeps serving its own clients.
+    pub(crate) fn broker_reached(&self) -> Result<(), String> {
+        if self.inner.broker_reached.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match self.broker_health() {
+            Health::Ok => {
+                self.inner.broker_reached.store(true, Ordering::Release);
+                Ok(())
+            }
+            Health::Degraded(why) => Err(why),
+        }
+    }
+
     /// This node's name and every live node, when the broker spans several
     /// (`GET /api/info`); on a single node, no name and no list.
     pub async fn nodes(&self) -> Result<(Option<String>, Vec<NodeInfo>), ProtocolError> {
@@ -534,16 +563,50 @@ impl Hub {
         self.inner.closing.load(Ordering::Acquire)
     }
 
+    /// True once [`Hub::drain`] has begun (and after it is over).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts draining the node: new upgrades are refused (503), and every connection is
+    /// closed with 1012 "service restart", one after another, evenly over `drain_period`, so
+    /// their clients reconnect to other nodes in a trickle instead of a storm. The drain is
+    /// over ([`Hub::drained`]) when the last connection is gone, or `drain_timeout` after
+    /// the period at the latest; [`crate::serve`] then returns. One hub-wide task does the
+    /// closing (no timer per connection); call this inside a Tokio runtime.
+    ///
+    /// Returns false, and does nothing, if a drain or [`Hub::shutdown`] has begun already.
+    pub fn drain(&self) -> bool {
+        if self.is_closing() || self.inner.draining.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        tokio::spawn(drain_connections(self.clone()));
+        true
+    }
+
+    /// Resolves when a drain is over: its last connection is gone, or `drain_period` +
+    /// `drain_timeout` have passed since [`Hub::drain`]. Pending until a drain begins.
+    pub async fn drained(&self) {
+        let mut over = self.inner.drain_over.subscribe();
+        // The sender lives as long as the hub, which `self` keeps alive: no error here.
+        let _ = over.wait_for(|over| *over).await;
+    }
+
     /// Refuses new connections, asks every connection to close with 1001, and waits up to
     /// `drain_timeout` for them to finish. Returns how many were still open at the deadline.
     pub async fn shutdown(&self) -> usize {
+        self.shutdown_within(self.inner.config.drain_timeout).await
+    }
+
+    /// [`Hub::shutdown`], waiting up to `wait` (`serve` after a drain: not again).
+    pub(crate) async fn shutdown_within(&self, wait: std::time::Duration) -> usize {
         self.inner.closing.store(true, Ordering::Release);
         for shard in self.inner.shards.iter() {
             for outbox in lock(shard).values() {
                 outbox.close(CloseReason::SHUTDOWN);
             }
         }
-        let drained = tokio::time::timeout(self.inner.config.drain_timeout, self.wait_empty());
+        let drained = tokio::time::timeout(wait, self.wait_empty());
         let _ = drained.await;
         self.connection_count()
     }
@@ -579,6 +642,9 @@ impl Hub {
     pub(crate) fn admit(&self, ip: Option<IpAddr>) -> Result<Admission, Refusal> {
         if self.is_closing() {
             return Err(Refusal::ShuttingDown);
+        }
+        if self.is_draining() {
+            return Err(Refusal::Draining);
         }
         let config = &self.inner.config;
         let live = self.inner.live.fetch_add(1, Ordering::AcqRel) + 1;
@@ -643,6 +709,10 @@ impl Hub {
         if self.is_closing() {
             // Shutdown began between the upgrade check and now: close this one as well.
             outbox.close(CloseReason::SHUTDOWN);
+        } else if self.is_draining() {
+            // A drain began after this one was admitted, perhaps after the drain's snapshot
+            // of the connections: it would be missed, so it goes now.
+            outbox.close(CloseReason::SERVICE_RESTART);
         }
         Registration {
             hub: self.clone(),
@@ -651,6 +721,55 @@ impl Hub {
             _admission: admission,
         }
     }
+}
+
+/// How often the drain closes the connections that are due: often enough that a period
+/// of a second spreads 20 closes, rarely enough to cost nothing.
+const DRAIN_TICK: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The drain's one task: closes the connections open when it began with 1012, the `i`-th
+/// of `n` at `i/n` of `drain_period`, then waits up to `drain_timeout` for the last ones to
+/// finish, and marks the drain over. Stops closing if a shutdown (1001) overtakes it.
+async fn drain_connections(hub: Hub) {
+    let inner = &hub.inner;
+    let started = tokio::time::Instant::now();
+    let period = inner.config.drain_period;
+    // Each is let go once closed, so a finished connection's outbox is not kept.
+    let mut outboxes: Vec<Option<Arc<Outbox>>> = inner
+        .shards
+        .iter()
+        .flat_map(|shard| lock(shard).values().cloned().map(Some).collect::<Vec<_>>())
+        .collect();
+    let total = outboxes.len();
+    tracing::info!(connections = total, period = %crate::format_duration(period), "draining");
+    let mut closed = 0;
+    let mut tick = tokio::time::interval(DRAIN_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while closed < total && hub.connection_count() > 0 && !hub.is_closing() {
+        tick.tick().await;
+        let share = started.elapsed().as_secs_f64() / period.as_secs_f64();
+        // The `i`-th is due at i/n of the period: the first at once, the last before its end.
+        let due = ((share * total as f64).floor() as usize + 1).min(total);
+        for outbox in outboxes[closed..due.max(closed)].iter_mut() {
+            if let Some(outbox) = outbox.take() {
+                outbox.close(CloseReason::SERVICE_RESTART);
+            }
+        }
+        closed = closed.max(due);
+    }
+    drop(outboxes);
+    let deadline = started + period + inner.config.drain_timeout;
+    let _ = tokio::time::timeout_at(deadline, hub.wait_empty()).await;
+    let left = hub.connection_count();
+    if left > 0 {
+        tracing::warn!(left, "drain timeout: connections still open");
+    } else {
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            "drained: no connection left"
+        );
+    }
+    inner.drain_over.send_replace(true);
 }
 
 /// Closes connections whose deadline passed; sleeps until the next one (or a new one).
@@ -754,7 +873,9 @@ impl prometheus_client::collector::Collector for Gauges {
             (
                 "draining",
                 "1 while the node is draining or shutting down (not ready)",
-                usize::from(inner.closing.load(Ordering::Relaxed)),
+                usize::from(
+                    inner.draining.load(Ordering::Relaxed) || inner.closing.load(Ordering::Relaxed),
+                ),
             ),
         ];
         for (name, help, value) in gauges {

@@ -226,6 +226,8 @@ impl CloseReason {
     pub const NORMAL: CloseReason = CloseReason::fixed(1000, "");
     /// 1001: the server is shutting down.
     pub const SHUTDOWN: CloseReason = CloseReason::fixed(1001, "server shutting down");
+    /// 1012: the node is draining (`Hub::drain`): reconnect, to another node.
+    pub const SERVICE_RESTART: CloseReason = CloseReason::fixed(1012, "service restart");
     /// 1001: the peer sent no frame within `pong_wait`.
     pub const PONG_TIMEOUT: CloseReason = CloseReason::fixed(1001, "pong timeout");
     /// 1002: the peer broke the WebSocket protocol.

@@ -48,6 +48,11 @@ struct Live {
     id: ConnId,
     outbox: Arc<Outbox>,
     presence_events: bool,
+    /// What its subscribe reply covered (epoch, last offset): a publication of that epoch
+    /// at or below it, delivered by the broker only after the history was read (its
+    /// pub/sub message late, as on a node that had just subscribed to the channel), is
+    /// not sent again. Cleared by the first newer one.
+    covered: Option<(Arc<str>, u64)>,
 }
 
 struct Recovering {
@@ -174,6 +179,7 @@ impl Channels {
             id,
             outbox: recovering.outbox,
             presence_events: recovering.presence_events,
+            covered: Some((history.position.epoch.clone(), last)),
         });
     }
 
@@ -205,7 +211,13 @@ impl Channels {
                 let frame = self
                     .compression
                     .prepare(protocol::push(channel, &publication));
-                for live in &entry.live {
+                for live in &mut entry.live {
+                    if let Some((epoch, last)) = &live.covered {
+                        if *epoch == publication.epoch && publication.offset <= *last {
+                            continue; // in its subscribe reply already
+                        }
+                        live.covered = None;
+                    }
                     push_or_evict(&live.outbox, frame.clone());
                 }
                 for recovering in entry.recovering.values_mut() {

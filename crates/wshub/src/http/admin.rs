@@ -84,6 +84,7 @@ async fn snapshot(hub: &Hub) -> serde_json::Value {
         "node": node,
         "connections": hub.connection_count(),
         "closing": hub.is_closing(),
+        "draining": hub.is_draining(),
         "subscriptions": subscriptions,
         "channel_count": channel_count,
         "channels": channels

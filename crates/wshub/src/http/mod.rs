@@ -85,9 +85,10 @@ pub fn public_router(hub: Hub, site: Site) -> Router {
 }
 
 /// What operators and the application's backend use, to serve on an address of its
-/// own (`internal_bind`): `GET /metrics`, `GET /healthz`, the dashboard (`/admin`) and,
-/// with an API key, `POST /api/broadcast`, `POST /api/publish`, `GET /api/channels`,
-/// `GET /api/info`, `GET /api/stats` and the dashboard's feed.
+/// own (`internal_bind`): `GET /metrics`, `GET /healthz`, `GET /readyz`, the dashboard
+/// (`/admin`) and, with an API key, `POST /api/broadcast`, `POST /api/publish`,
+/// `POST /api/drain`, `GET /api/channels`, `GET /api/info`, `GET /api/stats` and the
+/// dashboard's feed.
 pub fn internal_router(hub: Hub, site: Site) -> Router {
     internal_routes(hub, &site).fallback(not_found)
 }
@@ -116,6 +117,7 @@ fn public_routes(hub: Hub, site: Site) -> Router {
 fn internal_routes(hub: Hub, site: &Site) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz).with_state(hub.clone()))
+        .route("/readyz", get(readyz).with_state(hub.clone()))
         .route(
             "/admin",
             Asset::route(admin::PAGE, "text/html; charset=utf-8"),
@@ -139,6 +141,7 @@ fn internal_routes(hub: Hub, site: &Site) -> Router {
                     .layer(DefaultBodyLimit::max(site.api_max_body_size)),
             )
             .route("/api/channels", get(api_channels).with_state(api.clone()))
+            .route("/api/drain", post(api_drain).with_state(api.clone()))
             .route("/api/info", get(api_info).with_state(api.clone()))
             .route("/api/admin/feed", get(admin::feed).with_state(api.clone()))
             .route("/api/stats", get(api_stats).with_state(api));
@@ -373,6 +376,46 @@ async fn healthz(State(hub): State<Hub>) -> Response {
         }
     }
     .into_response()
+}
+
+/// `GET /readyz` (no key): whether a load balancer should send this node traffic. 200
+/// `{"status": "ready"}`; 503 `{"status": "shutting down"}`, `{"status": "draining"}`, or
+/// `{"status": "starting", "broker": "<why>"}` until the broker has been reachable once.
+async fn readyz(State(hub): State<Hub>) -> Response {
+    let not_ready = if hub.is_closing() {
+        serde_json::json!({ "status": "shutting down" })
+    } else if hub.is_draining() {
+        serde_json::json!({ "status": "draining" })
+    } else if let Err(why) = hub.broker_reached() {
+        serde_json::json!({ "status": "starting", "broker": why })
+    } else {
+        return axum::Json(serde_json::json!({ "status": "ready" })).into_response();
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(not_ready)).into_response()
+}
+
+/// `POST /api/drain`: starts the drain ([`Hub::drain`]) and answers 202 `{"draining": true,
+/// "already": false, "connections": N, "drain_period": "30s"}` (N: open when asked); asked
+/// again while draining, the same with `"already": true`. 503 once shutting down.
+async fn api_drain(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Err(why) = authorize(&headers, &api.key) {
+        return unauthorized(why);
+    }
+    if api.hub.is_closing() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    let connections = api.hub.connection_count();
+    let started = api.hub.drain();
+    if started {
+        tracing::info!(connections, "POST /api/drain: draining");
+    }
+    let body = serde_json::json!({
+        "draining": true,
+        "already": !started,
+        "connections": connections,
+        "drain_period": crate::format_duration(api.hub.config().drain_period),
+    });
+    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }
 
 /// `GET /api/info`: `{"node": NAME, "nodes": [{"name", "connections", "subscriptions",

@@ -38,6 +38,9 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// every WebSocket with 1001 and waits up to `drain_timeout` for them and for in-flight
 /// HTTP requests. The caller owns the listener (port 0 for tests) and the signal.
 ///
+/// It also ends once a drain ([`Hub::drain`]) is over: the same path, which then finds no
+/// connection left (or only those that outlived `drain_period` + `drain_timeout`).
+///
 /// WebSocket upgrades for [`WS_PATH`] (`/ws`) are the hub's, answered before the router
 /// sees them; mount [`Hub::endpoint`] in `router` to take upgrades at other paths too.
 pub async fn serve(
@@ -95,13 +98,22 @@ async fn serve_with(
         tls,
     });
     let acceptor = tokio::spawn(accept_loop(listener, shared, accepting_stopped));
-    shutdown.await;
+    let drained = tokio::select! {
+        () = shutdown => false,
+        () = hub.drained() => true,
+    };
     let _ = stop_accepting.send(());
     // The listener is dropped when the loop ends: new connections are refused from here.
     let _ = acceptor.await;
 
-    tracing::info!("shutting down: closing connections");
-    let left = hub.shutdown().await;
+    tracing::info!(drained, "shutting down: closing connections");
+    // After a drain, what is still open has had `drain_period` + `drain_timeout` already.
+    let wait = if drained {
+        Duration::ZERO
+    } else {
+        hub.config().drain_timeout
+    };
+    let left = hub.shutdown_within(wait).await;
     if left > 0 {
         tracing::warn!(left, "drain timeout: connections still open");
     }

@@ -2,7 +2,7 @@
 //!
 //! This is the last point where the request is plain HTTP, so every refusal gets a status
 //! and a one-line message: not an upgrade or a wrong version (426, naming version 13), a
-//! bad key (400), a foreign browser origin (403), a hub shutting down or full (503), an
+//! bad key (400), a foreign browser origin (403), a hub shutting down, draining or full (503), an
 //! address opening connections too fast (429 with `Retry-After`). Only then do we answer
 //! 101 and hand the upgraded socket to [`crate::connection::run`].
 
@@ -158,6 +158,7 @@ pub(crate) fn accept_parsed(
 fn refused(refusal: Refusal) -> Response {
     let message = match refusal {
         Refusal::ShuttingDown => "server shutting down".to_owned(),
+        Refusal::Draining => "server draining: connect to another node".to_owned(),
         Refusal::Full(limit) => {
             format!("server full: {limit} connections open (max_connections)")
         }
