@@ -16,6 +16,28 @@ use common::*;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
+/// docs/operations.md shows the whole `wshub config` output; it must not drift from the
+/// binary (`bash scripts/ops-config.sh` rewrites it).
+#[test]
+fn the_operations_guide_shows_the_real_default_config() {
+    let (code, out, _) = run(&["config"], &[]);
+    assert_eq!(code, 0);
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/operations.md"
+    ))
+    .unwrap();
+    let block = doc
+        .split("<!-- wshub config: begin -->\n```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```\n<!-- wshub config: end -->").next())
+        .expect("the marked config block in docs/operations.md");
+    assert_eq!(
+        block, out,
+        "docs/operations.md's sample config is stale: run bash scripts/ops-config.sh"
+    );
+}
+
 #[test]
 fn config_prints_every_key_with_a_comment_and_defaults() {
     let (code, out, _) = run(&["config"], &[]);
