@@ -377,7 +377,8 @@ async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
         .context("cannot install signal handlers")
         .map_err(Failure::Runtime)?;
     drain_on_sigusr1(hub.clone()).map_err(Failure::Runtime)?;
-    let listener = tokio::net::TcpListener::bind(&bind)
+    reload_on_sighup(tls.clone()).map_err(Failure::Runtime)?;
+    let listener = listen(&bind)
         .await
         .with_context(|| format!("cannot listen on `{bind}` (config `bind`)"))
         .map_err(Failure::Runtime)?;
@@ -396,7 +397,6 @@ async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
     let drain_timeout = hub.config().drain_timeout;
     let served = match tls {
         Some(tls) => {
-            reload_on_sighup(tls.clone()).map_err(Failure::Runtime)?;
             tracing::info!(on_message, "wshub listening on https://{addr}");
             wshub::serve_tls(listener, hub, router, shutdown, tls).await
         }
@@ -422,7 +422,7 @@ type Internal = (
 /// axum: no WebSocket fast path here, `/ws` is not routed). It is stopped after the
 /// public listener's drain, so `/readyz` answers 503 throughout it.
 async fn serve_internal(bind: &str, router: axum::Router) -> Result<Internal, Failure> {
-    let listener = tokio::net::TcpListener::bind(bind)
+    let listener = listen(bind)
         .await
         .with_context(|| format!("cannot listen on `{bind}` (config `internal_bind`)"))
         .map_err(Failure::Runtime)?;
@@ -468,13 +468,48 @@ fn drain_on_sigusr1(hub: Hub) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The listen queue: connections the kernel has completed and we have not accepted yet.
+/// std (and so tokio's `bind`) asks for 128, which a burst of reconnects (a drained node's
+/// clients, a restart) overflows: SYNs are dropped and those clients wait a second or more
+/// to retry. The kernel caps it at `net.core.somaxconn` (4096 by default since Linux 5.4).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `address` (HOST:PORT, the first address it resolves to that binds) with
+/// [`LISTEN_BACKLOG`] and `SO_REUSEADDR`, as std does apart from the backlog.
+async fn listen(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(address).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to bind")
+    }))
+}
+
 /// SIGHUP reads the certificate and key again: new handshakes use them, open connections
-/// stay; a bad pair is logged and the old one kept.
-fn reload_on_sighup(tls: Arc<wshub::Tls>) -> anyhow::Result<()> {
+/// stay; a bad pair is logged and the old one kept. Without TLS it is logged and ignored,
+/// so a reload sent to every node (`systemctl reload`) never ends one.
+fn reload_on_sighup(tls: Option<Arc<wshub::Tls>>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
+            let Some(tls) = &tls else {
+                tracing::info!("SIGHUP: nothing to reload (no tls_cert)");
+                continue;
+            };
             match tls.reload() {
                 Ok(()) => tracing::info!("SIGHUP: TLS certificate and key read again"),
                 Err(error) => {

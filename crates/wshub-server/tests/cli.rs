@@ -422,6 +422,22 @@ async fn metric_reaches(addr: std::net::SocketAddr, sample: &str) {
     .await;
 }
 
+/// `systemctl reload` sends SIGHUP to every node; without TLS there is nothing to reload,
+/// and the node must not die of it.
+#[tokio::test]
+async fn sighup_without_tls_is_logged_and_ignored() {
+    let server = Server::start(&[], &[]);
+    server.signal("HUP");
+    let logged = server
+        .stderr
+        .recv_timeout(WAIT)
+        .expect("a log line about SIGHUP");
+    assert!(logged.contains("SIGHUP: nothing to reload"), "{logged}");
+    let mut ws = connect(&server.url()).await;
+    ws.send(Frame::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Frame::text("still here"));
+}
+
 #[tokio::test]
 async fn broadcast_api_through_the_binary() {
     let server = Server::start(&["--api-key", "k3y"], &[]);
