@@ -743,13 +743,22 @@ async fn drain_connections(hub: Hub) {
     let total = outboxes.len();
     tracing::info!(connections = total, period = %crate::format_duration(period), "draining");
     let mut closed = 0;
+    // Closes per tick at most: twice the even share of one tick, at least one.
+    let burst = ((2.0 * total as f64 * DRAIN_TICK.as_secs_f64() / period.as_secs_f64()).ceil()
+        as usize)
+        .max(1);
     let mut tick = tokio::time::interval(DRAIN_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while closed < total && hub.connection_count() > 0 && !hub.is_closing() {
         tick.tick().await;
         let share = started.elapsed().as_secs_f64() / period.as_secs_f64();
         // The `i`-th is due at i/n of the period: the first at once, the last before its end.
-        let due = ((share * total as f64).floor() as usize + 1).min(total);
+        let mut due = ((share * total as f64).floor() as usize + 1).min(total);
+        // A tick that came late (a busy node) catches up at twice the pace, not in one
+        // burst of everything due; once the period is over, the rest go at once.
+        if share < 1.0 {
+            due = due.min(closed + burst);
+        }
         for outbox in outboxes[closed..due.max(closed)].iter_mut() {
             if let Some(outbox) = outbox.take() {
                 outbox.close(CloseReason::SERVICE_RESTART);
