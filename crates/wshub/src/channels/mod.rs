@@ -273,3 +273,60 @@ impl Channels {
         all
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::wire::outbox::Limits;
+
+    fn publication(epoch: &str, offset: u64) -> Event {
+        Event::Publication(Publication {
+            offset,
+            epoch: epoch.into(),
+            data: bytes::Bytes::from_static(b"1"),
+        })
+    }
+
+    /// A broker may deliver a publication after a new subscriber's history already held
+    /// it (Redis pub/sub behind the Stream, on a node that just subscribed): it is not
+    /// pushed twice. What is newer, or of another epoch, is.
+    #[test]
+    fn a_publication_the_reply_held_is_not_pushed_again() {
+        let channels = Channels::new(Arc::new(Policy::new(false, 0)));
+        let metrics = Arc::new(Metrics::new());
+        let limits = Limits {
+            messages: 100,
+            bytes: 1 << 20,
+        };
+        let outbox = Arc::new(Outbox::new(
+            1,
+            limits,
+            Default::default(),
+            None,
+            metrics.clone(),
+        ));
+        let sent = || metrics.totals().messages_sent;
+        channels
+            .add("room", ConnId(1), outbox, false)
+            .map_err(|_| "added twice")
+            .unwrap();
+        let history = History {
+            position: StreamPosition {
+                epoch: "e".into(),
+                offset: 5,
+            },
+            publications: Vec::new(),
+            recovered: true,
+        };
+        channels.go_live("room", ConnId(1), &history, Message::text("reply"));
+        assert_eq!(sent(), 1, "the reply");
+        channels.deliver("room", publication("e", 4));
+        channels.deliver("room", publication("e", 5));
+        assert_eq!(sent(), 1, "covered by the reply");
+        channels.deliver("room", publication("e", 6));
+        assert_eq!(sent(), 2);
+        channels.deliver("room", publication("f", 1));
+        assert_eq!(sent(), 3, "a new epoch");
+    }
+}
