@@ -191,18 +191,20 @@ OWN_COMMANDS = ("info", "flushall", "config")
 
 class Redis:
     """A redis-server of our own, without persistence, on a free port, files in a temp
-    dir, pinned to CPU 0 with the servers; redis-cli for everything we ask of it."""
+    dir, pinned to `cpu` (CPU 0, with the servers; None: not pinned); redis-cli for
+    everything we ask of it."""
 
-    def __init__(self, log):
+    def __init__(self, log, cpu="0"):
         self.dir = tempfile.mkdtemp(prefix="wshub-bench-redis-")
         self.port = free_port()
+        pin = ["taskset", "-c", cpu] if cpu is not None else []
         self.proc = subprocess.Popen(
-            ["taskset", "-c", "0", "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir],
+            pin + ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                   "--save", "", "--appendonly", "no", "--dir", self.dir],
             stdout=log, stderr=log)
         if not wait_accept(self.port, self.proc):
             self.stop()
-            raise RuntimeError("redis-server did not start")
+            raise RuntimeError("redis-server did not start (is Debian's redis-server installed?)")
 
     def url(self):
         return f"redis://127.0.0.1:{self.port}"

@@ -11,13 +11,8 @@ Loopback only; every process it starts it ends."""
 import argparse
 import json
 import os
-import re
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 OUT = os.path.join(ROOT, "target", "bench")
@@ -26,57 +21,9 @@ WSHUB = os.path.join(ROOT, "target", "release", "wshub")
 KEY = "bench-drain-key"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_accept(port, proc, limit=20.0):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
-def stop_process(proc, signal_first=True):
-    if proc.poll() is not None:
-        return
-    if signal_first:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-    proc.kill()
-    proc.wait()
-
-
-class Redis:
-    def __init__(self, log):
-        self.dir = tempfile.mkdtemp(prefix="wshub-bench-drain-redis-")
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir],
-            stdout=log, stderr=log)
-        if not wait_accept(self.port, self.proc):
-            self.stop()
-            raise RuntimeError("redis-server did not start (is Debian's redis-server installed?)")
-
-    def url(self):
-        return f"redis://127.0.0.1:{self.port}"
-
-    def stop(self):
-        stop_process(self.proc)
-        shutil.rmtree(self.dir, ignore_errors=True)
+# The same process handling as bench/compare (one way to start and end a server).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import Redis, free_port, stop_process, wait_accept  # noqa: E402
 
 
 def run_one(stop, args, redis, log):
@@ -163,7 +110,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     results = {}
     with open(os.path.join(OUT, "drain.log"), "w") as log:
-        redis = Redis(log)
+        redis = Redis(log, cpu=None)
         try:
             for stop in args.stops.split(","):
                 print(f"{stop}:", flush=True)

@@ -28,17 +28,7 @@ async fn request(addr: SocketAddr, method: &str, path: &str, key: Option<&str>) 
         ),
     )
     .await;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .and_then(|b| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, body)
+    status_and_json(&response)
 }
 
 /// The status line of the answer to a WebSocket upgrade request for `/ws`.

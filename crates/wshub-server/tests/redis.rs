@@ -48,17 +48,7 @@ async fn publish(addr: SocketAddr, body: Value) -> (u16, Value) {
         ),
     )
     .await;
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let json = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .and_then(|b| serde_json::from_str(b).ok())
-        .unwrap_or(Value::Null);
-    (status, json)
+    status_and_json(&response)
 }
 
 /// `GET path` → body as JSON.

@@ -190,6 +190,21 @@ pub async fn http(addr: SocketAddr, request: String) -> String {
     out
 }
 
+/// An HTTP response's status and its body as JSON (`Null` when it is not JSON).
+pub fn status_and_json(response: &str) -> (u16, serde_json::Value) {
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
 /// `GET /api/stats` → (connections, tasks).
 pub async fn stats(addr: SocketAddr, key: &str) -> (u64, u64) {
     let response = http(
