@@ -406,11 +406,16 @@ async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
         }
     };
     if let Some((stop, task)) = internal {
+        // Its requests are short (the dashboard's feed ends with the hub): a second, not
+        // another drain_timeout.
         let _ = stop.send(());
-        let _ = tokio::time::timeout(drain_timeout, task).await;
+        let _ = tokio::time::timeout(drain_timeout.min(INTERNAL_GRACE), task).await;
     }
     served.context("server failed").map_err(Failure::Runtime)
 }
+
+/// How long the internal listener's last requests get once the public one has stopped.
+const INTERNAL_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The internal listener's stop signal and task.
 type Internal = (

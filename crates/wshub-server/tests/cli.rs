@@ -136,6 +136,11 @@ fn invalid_values_are_one_line_naming_the_key_exit_2() {
             &["static", "/no/such/dir"],
         ),
         (&["--allowed-origins", "evil"], &[], &["allowed_origins"]),
+        (
+            &["--drain-period", "400d"],
+            &[],
+            &["drain_period", "a year"],
+        ),
     ];
     for (args, env, needles) in cases {
         for command in ["check", "serve"] {

@@ -169,12 +169,35 @@ async fn counters_move_by_what_clients_did_and_python_parses_them() {
     )
     .await;
     assert!(refused.starts_with("HTTP/1.1 426"), "{refused}");
-    let text = expect(
+    expect(
         server.addr,
         &[
             ("wshub_connections", 2.0),
             ("wshub_connections_closed_total{code=\"1000\"}", 1.0),
             ("wshub_handshakes_refused_total{status=\"426\"}", 1.0),
+            ("wshub_slow_consumer_evictions_total", 0.0),
+        ],
+    )
+    .await;
+
+    // A client's own close is counted by its code, never as our eviction; a code of
+    // its own making goes under `other` (clients cannot make series without end).
+    for (code, reason) in [(1008u16, "slow consumer"), (4321, "mine")] {
+        let mut client = connect(&server.url()).await;
+        client
+            .close(Some(CloseFrame {
+                code: code.into(),
+                reason: reason.into(),
+            }))
+            .await
+            .unwrap();
+    }
+    let text = expect(
+        server.addr,
+        &[
+            ("wshub_connections", 2.0),
+            ("wshub_connections_closed_total{code=\"1008\"}", 1.0),
+            ("wshub_connections_closed_total{code=\"other\"}", 1.0),
             ("wshub_slow_consumer_evictions_total", 0.0),
         ],
     )
@@ -265,7 +288,8 @@ async fn publications_recoveries_and_rate_limits_are_counted() {
             ("wshub_recoveries_total{result=\"not_recovered\"}", 1.0),
             ("wshub_subscriptions", 1.0),
             ("wshub_channels", 1.0),
-            ("wshub_broker_round_trip_seconds_count", 4.0),
+            // Three publishes, then the subscribe: the channel on the broker, and its history.
+            ("wshub_broker_round_trip_seconds_count", 5.0),
         ],
     )
     .await;
@@ -283,6 +307,34 @@ async fn publications_recoveries_and_rate_limits_are_counted() {
         now.get("wshub_rate_limited_total{limit=\"client_rate\"}")
             .is_some_and(|&n| n >= 1.0)
     })
+    .await;
+}
+
+/// A refused upgrade is counted once, by its status and by its limit, although the accept
+/// loop's fast path and the endpoint both look at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_rate_refusal_is_counted_once() {
+    let server = Server::start(&["--connect-rate-per-ip", "1"], &[]);
+    let mut refused = 0u32;
+    let mut kept = Vec::new();
+    for _ in 0..5 {
+        match tokio_tungstenite::connect_async(server.url()).await {
+            Ok((ws, _)) => kept.push(ws),
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(refused >= 1, "the connect rate refused nothing");
+    let limited = f64::from(refused);
+    expect(
+        server.addr,
+        &[
+            ("wshub_handshakes_refused_total{status=\"429\"}", limited),
+            (
+                "wshub_rate_limited_total{limit=\"connect_rate_per_ip\"}",
+                limited,
+            ),
+        ],
+    )
     .await;
 }
 

@@ -170,6 +170,17 @@ impl Config {
                 return err(key, "must be longer than 0".into());
             }
         }
+        // Deadlines are instants `now + duration`: a duration past what the clock can add
+        // would panic there. A year is more than any of them can mean.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        for (key, value) in durations
+            .into_iter()
+            .chain([("history_ttl", self.history_ttl)])
+        {
+            if value > year {
+                return err(key, "must be at most a year (365d)".into());
+            }
+        }
         if self.ping_period >= self.pong_wait {
             return err(
                 "ping_period",

@@ -249,7 +249,13 @@ impl Hub {
                 metrics,
             }
         });
-        Ok(Hub { inner })
+        let hub = Hub { inner };
+        // A broker that is healthy now (memory; Redis, connected) was reached: `/readyz`
+        // need not wait for a first probe to learn it.
+        if matches!(hub.broker_health(), Health::Ok) {
+            hub.inner.broker_reached.store(true, Ordering::Release);
+        }
+        Ok(hub)
     }
 
     pub(crate) fn backpressure(&self) -> &Backpressure {
@@ -667,12 +673,9 @@ impl Hub {
         }
         if let (Some(ip), Some(rate)) = (ip, &self.inner.connect_rate) {
             // A refusal drops the admission: the places reserved above are given back.
-            rate.check(ip).map_err(|wait| {
-                self.inner.metrics.rate_limited(Limit::ConnectRate);
-                Refusal::TooFast {
-                    rate: rate.rate(),
-                    retry_after: crate::rate::retry_after_secs(wait),
-                }
+            rate.check(ip).map_err(|wait| Refusal::TooFast {
+                rate: rate.rate(),
+                retry_after: crate::rate::retry_after_secs(wait),
             })?;
         }
         Ok(admission)
@@ -767,8 +770,14 @@ async fn drain_connections(hub: Hub) {
         closed = closed.max(due);
     }
     drop(outboxes);
-    let deadline = started + period + inner.config.drain_timeout;
-    let _ = tokio::time::timeout_at(deadline, hub.wait_empty()).await;
+    // A period or timeout too long for the clock to add (a config's "1000000y") means no
+    // deadline at all.
+    match started.checked_add(period.saturating_add(inner.config.drain_timeout)) {
+        Some(deadline) => {
+            let _ = tokio::time::timeout_at(deadline, hub.wait_empty()).await;
+        }
+        None => hub.wait_empty().await,
+    }
     let left = hub.connection_count();
     if left > 0 {
         tracing::warn!(left, "drain timeout: connections still open");

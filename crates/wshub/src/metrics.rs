@@ -63,45 +63,64 @@ pub(crate) enum Limit {
 }
 
 type TypeFamily = Family<[(&'static str, &'static str); 1], Counter>;
-type CodeFamily = Family<[(&'static str, u16); 1], Counter>;
 
-/// Close codes with a handle made in advance: every code the hub sends, and the usual
-/// ones from clients. Another code (a client's own 4xxx) is looked up in the family.
-const CLOSE_CODES: [u16; 13] = [
-    1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 1012, 4001, 4002,
+/// Close codes with a series of their own: every code the hub sends, and the usual ones
+/// from clients. Any other (a client's 3xxx or 4xxx) is counted as `other`, so clients
+/// cannot make series without end.
+const CLOSE_CODES: [(u16, &str); 13] = [
+    (1000, "1000"),
+    (1001, "1001"),
+    (1002, "1002"),
+    (1003, "1003"),
+    (1005, "1005"),
+    (1006, "1006"),
+    (1007, "1007"),
+    (1008, "1008"),
+    (1009, "1009"),
+    (1011, "1011"),
+    (1012, "1012"),
+    (4001, "4001"),
+    (4002, "4002"),
 ];
 
-/// Every status an upgrade is refused with.
-const REFUSAL_STATUSES: [u16; 7] = [400, 401, 403, 404, 426, 429, 503];
+/// Every status an upgrade is refused with (anything else: `other`).
+const REFUSAL_STATUSES: [(u16, &str); 7] = [
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (426, "426"),
+    (429, "429"),
+    (503, "503"),
+];
 
-/// A family's handles for the values known in advance.
+/// A family whose every series is made in advance: the known codes and `other`.
 #[derive(Debug)]
 struct ByCode<const N: usize> {
-    family: CodeFamily,
-    codes: &'static [u16; N],
+    family: TypeFamily,
+    codes: &'static [(u16, &'static str); N],
     handles: [Counter; N],
+    other: Counter,
 }
 
 impl<const N: usize> ByCode<N> {
-    fn new(label: &'static str, codes: &'static [u16; N]) -> Self {
-        let family = CodeFamily::default();
-        let handles = codes.map(|code| family.get_or_create_owned(&[(label, code)]));
+    fn new(label: &'static str, codes: &'static [(u16, &'static str); N]) -> Self {
+        let family = TypeFamily::default();
+        let handles = codes.map(|(_, name)| family.get_or_create_owned(&[(label, name)]));
+        let other = family.get_or_create_owned(&[(label, "other")]);
         ByCode {
             family,
             codes,
             handles,
+            other,
         }
     }
 
-    fn inc(&self, label: &'static str, code: u16) {
-        match self.codes.iter().position(|&known| known == code) {
-            Some(i) => {
-                self.handles[i].inc();
-            }
-            None => {
-                self.family.get_or_create(&[(label, code)]).inc();
-            }
-        }
+    fn inc(&self, code: u16) {
+        match self.codes.iter().position(|&(known, _)| known == code) {
+            Some(i) => self.handles[i].inc(),
+            None => self.other.inc(),
+        };
     }
 }
 
@@ -144,7 +163,8 @@ pub(crate) struct Metrics {
     recent: Mutex<VecDeque<Incident>>,
 }
 
-/// Running totals since the hub started (the scraping thread's own tally aside).
+/// Running totals since the hub started; a busy worker's last rounds (at most 32) are
+/// added when it next parks.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub(crate) struct Totals {
     pub(crate) messages_received: u64,
@@ -235,7 +255,7 @@ impl Metrics {
         let publications = Counter::default();
         registry.register(
             "publications",
-            "Channel publications accepted through this node (API and clients)",
+            "Channel publications accepted through this node (API and clients; an idempotent retry counts again)",
             publications.clone(),
         );
         let recoveries = Family::<[(&'static str, &'static str); 1], Counter>::default();
@@ -249,7 +269,7 @@ impl Metrics {
         let broker_errors = Counter::default();
         registry.register(
             "broker_errors",
-            "Broker calls that failed (answered 503)",
+            "Broker calls made for a client or the API that failed (publish, history, presence, subscribe; answered 503)",
             broker_errors.clone(),
         );
         // 50 µs (memory) to about 1.6 s (a Redis on its way down; calls time out at 2 s).
@@ -325,23 +345,33 @@ impl Metrics {
         self.accepted.inc();
     }
 
-    /// A connection ended with `code`, for `reason`.
-    pub(crate) fn closed(&self, code: u16, reason: &str) {
-        self.closed.inc("code", code);
-        match code {
-            1008 if reason == crate::message::CloseReason::SLOW_CONSUMER.reason => {
-                self.evictions.inc();
-                self.incident("eviction", "a slow consumer was closed (1008)".to_owned());
-            }
-            1002 | 1007 | 1009 | 1011 => {
-                self.incident("error", format!("a connection closed with {code} {reason}"));
-            }
-            _ => {}
+    /// A connection ended with `code` (ours or the client's).
+    pub(crate) fn closed(&self, code: u16) {
+        self.closed.inc(code);
+    }
+
+    /// We evicted a slow consumer (its send queue was full).
+    pub(crate) fn evicted(&self, conn_id: u64) {
+        self.evictions.inc();
+        self.incident(
+            "eviction",
+            format!("connection {conn_id}: slow consumer, closed with 1008"),
+        );
+    }
+
+    /// We closed a connection for breaking a rule (1002, 1007, 1009, 1011): the
+    /// dashboard lists it. Closes a client asked for are not incidents.
+    pub(crate) fn closed_for(&self, code: u16, reason: &str) {
+        if matches!(code, 1002 | 1007 | 1009 | 1011) {
+            self.incident(
+                "error",
+                format!("a connection was closed with {code} {reason}"),
+            );
         }
     }
 
     pub(crate) fn refused(&self, status: u16) {
-        self.refused.inc("status", status);
+        self.refused.inc(status);
     }
 
     pub(crate) fn deliveries(&self, n: usize) {

@@ -103,9 +103,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Sends `message` as broadcast does: a connection that cannot take it is evicted by its
-/// outbox, or already closing; either way there is nothing more to do here.
-pub(crate) fn push_or_evict(outbox: &Arc<Outbox>, message: Message) {
-    let _ = outbox.try_push(message);
+/// outbox, or already closing; either way there is nothing more to do here. True when
+/// it was taken (a delivery).
+pub(crate) fn push_or_evict(outbox: &Arc<Outbox>, message: Message) -> bool {
+    outbox.try_push(message).is_ok()
 }
 
 impl Channels {
@@ -150,15 +151,23 @@ impl Channels {
     }
 
     /// Ends a subscriber's recovery: queues `reply` (built from the history), then what
-    /// arrived meanwhile and is newer than the history, and makes it live.
-    pub(crate) fn go_live(&self, channel: &str, id: ConnId, history: &History, reply: Message) {
+    /// arrived meanwhile and is newer than the history, and makes it live. Returns how
+    /// many of those buffered publications it delivered.
+    pub(crate) fn go_live(
+        &self,
+        channel: &str,
+        id: ConnId,
+        history: &History,
+        reply: Message,
+    ) -> usize {
         let mut shard = lock(self.shard(channel));
         let Some(entry) = shard.get_mut(channel) else {
-            return; // unsubscribed or disconnected meanwhile
+            return 0; // unsubscribed or disconnected meanwhile
         };
         let Some(recovering) = entry.recovering.remove(&id) else {
-            return;
+            return 0;
         };
+        let mut delivered = 0;
         push_or_evict(&recovering.outbox, reply);
         if let Some(position) = &recovering.resync {
             push_or_evict(&recovering.outbox, protocol::resync(channel, position));
@@ -170,8 +179,8 @@ impl Channels {
             .max(history.position.offset);
         for publication in recovering.buffered {
             let newer = publication.epoch != history.position.epoch || publication.offset > last;
-            if newer {
-                push_or_evict(&recovering.outbox, protocol::push(channel, &publication));
+            if newer && push_or_evict(&recovering.outbox, protocol::push(channel, &publication)) {
+                delivered += 1;
             }
         }
         entry.index.insert(id, entry.live.len());
@@ -181,6 +190,7 @@ impl Channels {
             presence_events: recovering.presence_events,
             covered: Some((history.position.epoch.clone(), last)),
         });
+        delivered
     }
 
     /// Removes a subscriber; returns whether it was subscribed and whether the channel has
@@ -218,24 +228,23 @@ impl Channels {
                         }
                         live.covered = None;
                     }
-                    push_or_evict(&live.outbox, frame.clone());
+                    delivered += usize::from(push_or_evict(&live.outbox, frame.clone()));
                 }
+                // Counted when `go_live` sends them, if it does.
                 for recovering in entry.recovering.values_mut() {
                     recovering.buffered.push(publication.clone());
                 }
-                delivered = entry.len();
             }
             Event::Resync(position) => {
                 let frame = self
                     .compression
                     .prepare(protocol::resync(channel, &position));
                 for live in &entry.live {
-                    push_or_evict(&live.outbox, frame.clone());
+                    delivered += usize::from(push_or_evict(&live.outbox, frame.clone()));
                 }
                 for recovering in entry.recovering.values_mut() {
                     recovering.resync = Some(position.clone());
                 }
-                delivered = entry.len();
             }
             // Raw broadcasts are the hub's, not a channel's.
             Event::Broadcast(_) => {}
@@ -249,8 +258,7 @@ impl Channels {
                     .compression
                     .prepare(protocol::presence_event(channel, kind, member));
                 for live in entry.live.iter().filter(|live| live.presence_events) {
-                    push_or_evict(&live.outbox, frame.clone());
-                    delivered += 1;
+                    delivered += usize::from(push_or_evict(&live.outbox, frame.clone()));
                 }
             }
         }

@@ -190,7 +190,7 @@ pub(crate) fn run(
             session.end(hub, &registration).await;
         }
         tracing::debug!(conn_id = %info.id, code = reason.code, reason = %reason.reason, "disconnected");
-        hub.metrics().closed(reason.code, &reason.reason);
+        hub.metrics().closed(reason.code);
         hub.handler().on_disconnect(hub, &info, &reason).await;
         drop(registration);
     }
@@ -419,6 +419,10 @@ async fn finish(
             return reason;
         }
         End::Close(reason) => {
+            registration
+                .hub
+                .metrics()
+                .closed_for(reason.code, &reason.reason);
             // The first close request wins: an eviction or shutdown may have come first.
             outbox.close(reason.clone());
             let frame = reason.to_frame();

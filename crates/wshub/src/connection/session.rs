@@ -319,14 +319,14 @@ impl Session {
                 ProtocolError::new(409, format!("already subscribed to `{channel}`"))
             })?;
         let asked = since.is_some();
-        let history = hub
-            .broker_call(async {
-                if first {
-                    broker.subscribe(channel).await?;
-                }
-                broker.history(channel, since, None).await
-            })
-            .await;
+        // Two calls, each timed and counted on its own.
+        let history = async {
+            if first {
+                hub.broker_call(broker.subscribe(channel)).await?;
+            }
+            hub.broker_call(broker.history(channel, since, None)).await
+        }
+        .await;
         let history = match history {
             Ok(history) => history,
             Err(error) => {
@@ -347,7 +347,8 @@ impl Session {
             String::new()
         };
         let reply = protocol::reply(id, &protocol::position(&history.position, &extra));
-        channels.go_live(channel, registration.id, &history, reply);
+        let delivered = channels.go_live(channel, registration.id, &history, reply);
+        hub.metrics().deliveries(delivered);
         self.subscriptions.insert(channel.into());
         let member = Member {
             user: self.user(),

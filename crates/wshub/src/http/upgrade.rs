@@ -22,6 +22,7 @@ use crate::compression;
 use crate::connection::{self, Socket};
 use crate::http::prefixed::Prefixed;
 use crate::hub::{Hub, Refusal, Registration};
+use crate::metrics::Limit;
 
 impl Hub {
     /// The WebSocket endpoint as an axum route, to mount at any path of any router:
@@ -35,8 +36,15 @@ impl Hub {
 /// its status (`wshub_handshakes_refused_total`).
 async fn endpoint(State(hub): State<Hub>, request: Request) -> Response {
     let response = upgrade(&hub, request);
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        hub.metrics().refused(response.status().as_u16());
+    // Counted here, where the answer is given: the accept loop's fast path asks `admit`
+    // too, and hands a refused request on to this endpoint.
+    match response.status() {
+        StatusCode::SWITCHING_PROTOCOLS => {}
+        StatusCode::TOO_MANY_REQUESTS => {
+            hub.metrics().refused(429);
+            hub.metrics().rate_limited(Limit::ConnectRate);
+        }
+        status => hub.metrics().refused(status.as_u16()),
     }
     response
 }

@@ -343,6 +343,7 @@ impl Outbox {
             return false;
         }
         if reason == CloseReason::SLOW_CONSUMER {
+            self.metrics.evicted(self.conn_id);
             tracing::info!(
                 conn_id = self.conn_id,
                 queued = state.queue.len(),
