@@ -378,14 +378,7 @@ async fn serve(plan: Plan, on_message: &str) -> Result<(), Failure> {
         .map_err(Failure::Runtime)?;
     drain_on_sigusr1(hub.clone()).map_err(Failure::Runtime)?;
     reload_on_sighup(tls.clone()).map_err(Failure::Runtime)?;
-    let listener = listen(&bind)
-        .await
-        .with_context(|| format!("cannot listen on `{bind}` (config `bind`)"))
-        .map_err(Failure::Runtime)?;
-    let addr = listener
-        .local_addr()
-        .context("listener has no address")
-        .map_err(Failure::Runtime)?;
+    let (listener, addr) = listen_on(&bind, "bind").await?;
     let (router, internal) = match internal_bind {
         Some(internal_bind) => {
             let internal = wshub::internal_router(hub.clone(), site.clone());
@@ -427,14 +420,7 @@ type Internal = (
 /// axum: no WebSocket fast path here, `/ws` is not routed). It is stopped after the
 /// public listener's drain, so `/readyz` answers 503 throughout it.
 async fn serve_internal(bind: &str, router: axum::Router) -> Result<Internal, Failure> {
-    let listener = listen(bind)
-        .await
-        .with_context(|| format!("cannot listen on `{bind}` (config `internal_bind`)"))
-        .map_err(Failure::Runtime)?;
-    let addr = listener
-        .local_addr()
-        .context("listener has no address")
-        .map_err(Failure::Runtime)?;
+    let (listener, addr) = listen_on(bind, "internal_bind").await?;
     tracing::info!("internal routes (metrics, health, admin, api) on http://{addr}");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -478,6 +464,23 @@ fn drain_on_sigusr1(hub: Hub) -> anyhow::Result<()> {
 /// clients, a restart) overflows: SYNs are dropped and those clients wait a second or more
 /// to retry. The kernel caps it at `net.core.somaxconn` (4096 by default since Linux 5.4).
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// [`listen`] on the address of config `key`, and the address it got (port 0: the one
+/// the kernel chose). A port in use is a runtime failure (exit 1), naming the key.
+async fn listen_on(
+    address: &str,
+    key: &str,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), Failure> {
+    let listener = listen(address)
+        .await
+        .with_context(|| format!("cannot listen on `{address}` (config `{key}`)"))
+        .map_err(Failure::Runtime)?;
+    let addr = listener
+        .local_addr()
+        .context("listener has no address")
+        .map_err(Failure::Runtime)?;
+    Ok((listener, addr))
+}
 
 /// Binds `address` (HOST:PORT, the first address it resolves to that binds) with
 /// [`LISTEN_BACKLOG`] and `SO_REUSEADDR`, as std does apart from the backlog.
