@@ -73,15 +73,7 @@ async fn a_token_on_the_upgrade_is_checked_and_refusals_say_why() {
     let mut a = connect(&format!("{}?token={good}", server.url())).await;
     a.send(Frame::Text("hi".into())).await.unwrap();
     assert_eq!(next_data(&mut a).await, Frame::Text("hi".into()));
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-            server.url(),
-        )
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("Authorization", format!("Bearer {good}").parse().unwrap());
-    let (mut b, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut b = connect_with(&server.url(), "Authorization", &format!("Bearer {good}")).await;
     b.send(Frame::Text("bearer".into())).await.unwrap();
     loop {
         if next_data(&mut b).await == Frame::Text("bearer".into()) {

@@ -262,15 +262,7 @@ async fn publications_recoveries_and_rate_limits_are_counted() {
         assert!(publish(n).await.starts_with("HTTP/1.1 200"));
     }
     // A wshub.v1 client recovers the three from the start of the stream.
-    let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-            server.url(),
-        )
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "wshub.v1".parse().unwrap());
-    let (mut v1, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut v1 = common::connect_with(&server.url(), "Sec-WebSocket-Protocol", "wshub.v1").await;
     v1.send(Frame::text(
         r#"{"id":1,"cmd":"subscribe","channel":"news","since":{"epoch":"unknown","offset":0}}"#,
     ))

@@ -129,6 +129,20 @@ pub async fn connect(
         .0
 }
 
+/// A WebSocket client whose upgrade request carries `header: value` (a subprotocol, a
+/// bearer token).
+pub async fn connect_with(url: &str, header: &'static str, value: &str) -> Client {
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    request.headers_mut().insert(header, value.parse().unwrap());
+    tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap()
+        .unwrap()
+        .0
+}
+
 pub async fn next_data(
     ws: &mut tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
