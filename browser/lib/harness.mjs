@@ -264,3 +264,28 @@ ${servers}
     },
   };
 }
+
+/**
+ * Nodes sharing one Redis behind nginx: a `wshub serve --broker redis://…` per name
+ * (presence_ttl 3 s, then `args`), round-robin. `stop()` ends nginx, the nodes, Redis.
+ */
+export async function startCluster(names, args = []) {
+  const redis = await startRedis();
+  const nodes = [];
+  let nginx;
+  const stop = async () => {
+    await nginx?.stop();
+    for (const node of nodes) await node.stop();
+    await redis.stop();
+  };
+  try {
+    for (const name of names) {
+      nodes.push(await startServer(["--broker", redis.url, "--node-name", name, "--presence-ttl", "3s", ...args]));
+    }
+    nginx = await startNginx(nodes.map((node) => node.url));
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { redis, nodes, nginx, stop };
+}

@@ -5,28 +5,22 @@
 // land on B, and every client has every publication once, in order. Node A exits 0.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, startRedis, startNginx, launchBrowser, API_KEY } from "../lib/harness.mjs";
+import { startCluster, launchBrowser, API_KEY } from "../lib/harness.mjs";
 
-let redis;
+let cluster;
 let nodes = [];
 let nginx;
 let browser;
 
 before(async () => {
-  redis = await startRedis();
-  for (const name of ["a", "b"]) {
-    const args = ["--broker", redis.url, "--node-name", name, "--presence-ttl", "3s"];
-    nodes.push(await startServer([...args, "--drain-period", "2s", "--drain-timeout", "2s"]));
-  }
-  nginx = await startNginx(nodes.map((node) => node.url));
+  cluster = await startCluster(["a", "b"], ["--drain-period", "2s", "--drain-timeout", "2s"]);
+  ({ nodes, nginx } = cluster);
   browser = await launchBrowser();
 });
 
 after(async () => {
   await browser?.close();
-  await nginx?.stop();
-  for (const node of nodes) await node.stop();
-  await redis?.stop();
+  await cluster?.stop();
 });
 
 const CLIENTS = 8;

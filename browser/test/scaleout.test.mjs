@@ -4,28 +4,23 @@
 // and shows every message once, in order.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, startRedis, startNginx, launchBrowser } from "../lib/harness.mjs";
+import { startCluster, launchBrowser } from "../lib/harness.mjs";
 import { openChat as openChatIn, say, showsExactly } from "../lib/chat.mjs";
 
-let redis;
+let cluster;
 let nodes = [];
 let nginx;
 let browser;
 
 before(async () => {
-  redis = await startRedis();
-  for (const name of ["a", "b", "c"]) {
-    nodes.push(await startServer(["--broker", redis.url, "--node-name", name, "--presence-ttl", "3s"]));
-  }
-  nginx = await startNginx(nodes.map((node) => node.url));
+  cluster = await startCluster(["a", "b", "c"]);
+  ({ nodes, nginx } = cluster);
   browser = await launchBrowser();
 });
 
 after(async () => {
   await browser?.close();
-  await nginx?.stop();
-  for (const node of nodes) await node.stop();
-  await redis?.stop();
+  await cluster?.stop();
 });
 
 const openChat = (room, name) => openChatIn(browser, nginx.url, room, name);
