@@ -2,10 +2,12 @@
 //!
 //! [`Hub`] is a cheap, cloneable handle that any task or thread may use at any time. The
 //! registry is split into shards, each behind its own short `std::sync::Mutex`, so a
-//! broadcast never holds one global lock and registrations rarely contend. Fan-out only
-//! ever calls [`Outbox::try_push`], which writes to the socket without waiting; a
-//! connection whose kernel buffer and queue are full is evicted (close 1008 "slow
-//! consumer") on the spot, alone.
+//! broadcast never holds one global lock and registrations rarely contend. A broadcast
+//! made inside a round is kept once by the fanout (`wire::fanout`) and, when the round
+//! ends, [`Inner::deliver_run`] walks the registry once, giving each connection all of the
+//! round's broadcasts in one write. Nothing here waits on a socket; a connection whose
+//! kernel buffer and queue are full is evicted (close 1008 "slow consumer") on the spot,
+//! alone.
 //!
 //! The hub knows nothing of HTTP or of sockets: connections register their outbox here.
 
@@ -32,6 +34,8 @@ use crate::message::{CloseReason, Message};
 use crate::metrics::{Limit, Metrics};
 use crate::rate::{ConnectRate, MessageRate};
 use crate::wire::backpressure::Backpressure;
+use crate::wire::cork;
+use crate::wire::fanout::{Fanout, Run, Walk};
 use crate::wire::outbox::{Deflating, Limits, Outbox, PushError};
 
 /// Registry shards: enough that broadcasts and registrations on different cores rarely
@@ -118,6 +122,9 @@ struct Inner {
     deadline_set: Arc<Notify>,
     /// Counters for `GET /metrics`; every outbox holds it too.
     metrics: Arc<Metrics>,
+    /// Broadcasts made inside a round, written to everyone when it ends; every outbox
+    /// holds it too, to write them before any other push.
+    fanout: Arc<Fanout>,
 }
 
 /// Connections' deadlines: a token's `exp` (4002), or the wait for `connect` (4001).
@@ -247,6 +254,7 @@ impl Hub {
                 deadlines: Mutex::default(),
                 deadline_set: Arc::new(Notify::new()),
                 metrics,
+                fanout: Arc::new(Fanout::new(weak.clone())),
             }
         });
         let hub = Hub { inner };
@@ -432,10 +440,12 @@ impl Hub {
         &*self.inner.handler
     }
 
-    /// Sends `message` to every connection; returns how many accepted it. Never waits:
-    /// each socket is written at once (or at the end of the current round, see `cork`),
-    /// and a connection whose kernel buffer and queue are full is evicted with close 1008
-    /// "slow consumer".
+    /// Sends `message` to every connection. Never waits: outside a handler each socket is
+    /// written at once and the count returned is of the connections that took it; inside a
+    /// handler (a round, see `wire::cork`) the message is kept once and written to
+    /// everyone when the round ends, with the round's other broadcasts in one write per
+    /// connection, and the count is of the connections open at the call. A connection
+    /// whose kernel buffer and queue are full is evicted with close 1008 "slow consumer".
     ///
     /// With a broker that spans several nodes, the message also goes to the other
     /// nodes' connections (at most once, in no order relative to other nodes'
@@ -607,8 +617,11 @@ impl Hub {
     /// [`Hub::shutdown`], waiting up to `wait` (`serve` after a drain: not again).
     pub(crate) async fn shutdown_within(&self, wait: std::time::Duration) -> usize {
         self.inner.closing.store(true, Ordering::Release);
+        // Written before the close frames (and not under a shard's lock, which its walk takes).
+        self.inner.fanout.settle();
         for shard in self.inner.shards.iter() {
-            for outbox in lock(shard).values() {
+            let outboxes: Vec<Arc<Outbox>> = lock(shard).values().cloned().collect();
+            for outbox in outboxes {
                 outbox.close(CloseReason::SHUTDOWN);
             }
         }
@@ -707,6 +720,7 @@ impl Hub {
             self.inner.backpressure.clone(),
             deflate,
             self.inner.metrics.clone(),
+            self.inner.fanout.clone(),
         ));
         lock(self.shard(id)).insert(id, outbox.clone());
         if self.is_closing() {
@@ -833,19 +847,54 @@ async fn close_at_deadlines(weak: std::sync::Weak<Inner>, deadline_set: Arc<Noti
 }
 
 impl Inner {
-    /// Sends `message` to every connection of this node.
+    /// Sends `message` to every connection of this node. Inside a round it is kept for
+    /// the round's end (see `wire::fanout`) and the count is of the connections open now;
+    /// outside one it is written at once and the count is of those that took it.
     fn broadcast_here(&self, message: Message) -> usize {
         let message = self.compression.prepare(message);
-        let mut delivered = 0;
+        if cork::is_active() {
+            self.fanout.defer(message, cork::own());
+            return self.live.load(Ordering::Relaxed);
+        }
+        // Earlier broadcasts go first.
+        self.fanout.settle();
+        self.deliver_run(&Run::single(message, 0))
+    }
+
+    /// Gives every connection the run, its publishers last; returns the deliveries.
+    fn deliver_run(&self, run: &Run) -> usize {
+        let mut deliveries = 0;
+        // Recipients that still need the run's metrics counted: those sent it whole.
+        let mut counted_in_bulk = 0;
+        let mut last = Vec::new();
+        let mut outboxes = Vec::new();
         for shard in self.shards.iter() {
-            for outbox in lock(shard).values() {
-                if outbox.try_push(message.clone()).is_ok() {
-                    delivered += 1;
+            // Taken out of the shard first: its lock is not held across system calls.
+            outboxes.extend(lock(shard).values().cloned());
+            for outbox in outboxes.drain(..) {
+                if run.is_owner(Arc::as_ptr(&outbox).cast::<()>() as usize) {
+                    last.push(outbox);
+                    continue;
                 }
+                let (taken, bulk) = outbox.push_run(run);
+                deliveries += taken;
+                counted_in_bulk += usize::from(bulk);
             }
         }
-        self.metrics.deliveries(delivered);
-        delivered
+        for outbox in last {
+            let (taken, bulk) = outbox.push_run(run);
+            deliveries += taken;
+            counted_in_bulk += usize::from(bulk);
+        }
+        self.metrics.sent_run(&run.counts, counted_in_bulk as u64);
+        self.metrics.deliveries(deliveries);
+        deliveries
+    }
+}
+
+impl Walk for Inner {
+    fn walk(&self, run: &Run) {
+        self.deliver_run(run);
     }
 }
 

@@ -160,6 +160,11 @@ impl Message {
         &self.wire
     }
 
+    /// The same, shared.
+    pub(crate) fn wire_bytes(&self) -> &Bytes {
+        &self.wire
+    }
+
     /// An inbound message's payload (already checked: UTF-8 when `text`) as our own frame.
     pub(crate) fn from_payload(text: bool, payload: &[u8]) -> Self {
         Message::encode(if text { OPCODE_TEXT } else { OPCODE_BINARY }, payload)

@@ -374,6 +374,17 @@ impl Metrics {
         self.refused.inc(status);
     }
 
+    /// A run of broadcasts sent whole to `recipients` connections (the fanout's walk,
+    /// counted once for all): per kind, messages, payload bytes and wire bytes.
+    pub(crate) fn sent_run(&self, counts: &[(u64, u64, u64); 2], recipients: u64) {
+        for kind in Kind::ALL {
+            let (messages, payload, wire) = counts[kind as usize];
+            self.messages_sent.add(kind, messages * recipients);
+            self.bytes_sent.add(kind, payload * recipients);
+            self.wire_bytes_sent.add(kind, wire * recipients);
+        }
+    }
+
     pub(crate) fn deliveries(&self, n: usize) {
         if n > 0 {
             self.deliveries.inc_by(n as u64);

@@ -278,3 +278,116 @@ async fn a_non_reader_is_evicted_at_send_queue_bytes() {
     eventually(|| server.hub.connection_count() == 0).await;
     server.shutdown().await;
 }
+
+/// A handler that mixes broadcasts with a send to one connection and its close, all in
+/// one round: that connection must see them in the order they were made, although the
+/// round's broadcasts are kept and written together at its end.
+struct Mixed(std::sync::Mutex<Vec<wshub::ConnId>>);
+
+impl wshub::Handler for Mixed {
+    async fn on_connect(&self, _hub: &wshub::Hub, conn: &wshub::ConnInfo) {
+        self.0.lock().unwrap().push(conn.id());
+    }
+
+    async fn on_message(&self, hub: &wshub::Hub, _conn: &wshub::ConnInfo, _m: wshub::Message) {
+        let first = self.0.lock().unwrap()[0];
+        hub.broadcast("a");
+        hub.send(first, "x").unwrap();
+        hub.broadcast("b");
+        hub.broadcast("c");
+        hub.send(first, "y").unwrap();
+        hub.broadcast("d");
+        assert!(hub.close(first, 4000, "done"));
+        hub.broadcast("e");
+    }
+}
+
+async fn mixed_round() {
+    let server = start(Config::default(), Mixed(Default::default())).await;
+    let mut first = connect(&server).await;
+    eventually(|| server.hub.connection_count() == 1).await;
+    let mut others = connect_n(&server, 3).await;
+    send_text(&mut others[0], "go").await;
+    for expected in ["a", "x", "b", "c", "y", "d"] {
+        assert_eq!(recv(&mut first).await, Frame::text(expected));
+    }
+    assert_eq!(recv_close(&mut first).await, (4000, "done".to_string()));
+    for client in &mut others {
+        for expected in ["a", "b", "c", "d", "e"] {
+            assert_eq!(recv(client).await, Frame::text(expected));
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_round_keeps_each_connections_order_across_broadcasts_sends_and_a_close() {
+    mixed_round().await;
+}
+
+#[test]
+fn a_round_keeps_each_connections_order_with_corks_across_connections() {
+    serve_runtime().block_on(mixed_round());
+}
+
+/// Several clients publish at once through the chat handler on two workers whose rounds
+/// span connections: a reader gets every message whole, each publisher's in order.
+#[test]
+fn broadcasts_from_several_connections_arrive_complete_and_in_order() {
+    serve_runtime().block_on(async {
+        const PUBLISHERS: usize = 4;
+        const EACH: usize = 2_000;
+        let config = Config {
+            send_queue: 1_000_000,
+            send_queue_bytes: 1 << 30,
+            ..Config::default()
+        };
+        let server = start(config, Broadcast).await;
+        let mut reader = connect(&server).await;
+        let publishers = connect_n(&server, PUBLISHERS + 1).await;
+        let tasks: Vec<_> = publishers
+            .into_iter()
+            .skip(1)
+            .enumerate()
+            .map(|(p, client)| {
+                let (mut sink, mut stream) = client.split();
+                // A publisher reads everything too, or it would be a slow consumer.
+                let drain = tokio::spawn(async move {
+                    for _ in 0..PUBLISHERS * EACH {
+                        stream.next().await.unwrap().unwrap();
+                    }
+                    stream
+                });
+                tokio::spawn(async move {
+                    for i in 0..EACH {
+                        let padding = "p".repeat(i % 200);
+                        sink.send(Frame::text(format!("{p}:{i}:{padding}")))
+                            .await
+                            .unwrap();
+                    }
+                    (sink, drain.await.unwrap())
+                })
+            })
+            .collect();
+        let mut next = [0usize; PUBLISHERS];
+        for _ in 0..PUBLISHERS * EACH {
+            let Frame::Text(text) = recv(&mut reader).await else {
+                panic!("a text frame");
+            };
+            let mut parts = text.split(':');
+            let p: usize = parts.next().unwrap().parse().unwrap();
+            let i: usize = parts.next().unwrap().parse().unwrap();
+            assert_eq!(
+                parts.next().unwrap().len(),
+                i % 200,
+                "message {p}:{i} is whole"
+            );
+            assert_eq!(i, next[p], "publisher {p}'s messages arrive in order");
+            next[p] += 1;
+        }
+        for task in tasks {
+            let (_sink, _stream) = task.await.unwrap();
+        }
+        server.shutdown().await;
+    });
+}

@@ -313,6 +313,7 @@ mod tests {
             Default::default(),
             None,
             metrics.clone(),
+            Default::default(),
         ));
         let sent = || metrics.totals().messages_sent;
         channels

@@ -4,5 +4,6 @@
 
 pub(crate) mod backpressure;
 pub(crate) mod cork;
+pub(crate) mod fanout;
 pub(crate) mod outbox;
 pub(crate) mod reader;

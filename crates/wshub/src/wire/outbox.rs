@@ -27,6 +27,7 @@ use crate::message::{CloseReason, Message};
 use crate::metrics::{Kind, Metrics};
 use crate::wire::backpressure::Backpressure;
 use crate::wire::cork;
+use crate::wire::fanout::{Fanout, Run};
 
 /// How many frames one `writev` carries at most (Linux allows 1024; 64 is where the
 /// measured cost per frame stops falling, see bench/floor).
@@ -159,6 +160,8 @@ pub(crate) struct Outbox {
     deflate: Option<Deflating>,
     /// The hub's counters: messages and bytes sent.
     metrics: Arc<Metrics>,
+    /// The hub's broadcasts kept for the end of a round: written before any other push.
+    fanout: Arc<Fanout>,
     /// For the eviction log line.
     conn_id: u64,
 }
@@ -189,6 +192,7 @@ impl Outbox {
         backpressure: Arc<Backpressure>,
         deflate: Option<Deflating>,
         metrics: Arc<Metrics>,
+        fanout: Arc<Fanout>,
     ) -> Self {
         backpressure.outbox_created();
         if let Some(deflate) = &deflate {
@@ -200,6 +204,7 @@ impl Outbox {
             backpressure,
             deflate,
             metrics,
+            fanout,
             conn_id,
         }
     }
@@ -221,9 +226,15 @@ impl Outbox {
 
     /// Sends a message: written now, at the end of the current cork's round, or, when the
     /// kernel is refusing, queued within the limits. Never waits. `Full` means the
-    /// connection was just evicted.
+    /// connection was just evicted. Broadcasts kept for the end of the round go first, so
+    /// this message never overtakes one made before it.
     pub(crate) fn try_push(self: &Arc<Self>, message: Message) -> Result<(), PushError> {
-        let (kind, payload) = (Kind::of(message.is_text()), message.len());
+        self.fanout.settle();
+        self.push_now(message)
+    }
+
+    /// [`Outbox::try_push`] without settling the fanout: the fanout's own walk.
+    fn push_now(self: &Arc<Self>, message: Message) -> Result<(), PushError> {
         // Outside the lock: compressing for this client alone (a reply, a send) takes time.
         let message = match &self.deflate {
             Some(deflate) => {
@@ -232,28 +243,11 @@ impl Outbox {
             None => message,
         };
         let mut state = self.lock();
-        if state.close.is_some() || state.sealed || state.failed {
-            return Err(PushError::Closed);
-        }
-        if state.refused || state.writer.is_none() {
-            let over_count = state.queue.len() >= self.limits.messages;
-            let over_bytes =
-                !state.queue.is_empty() && state.bytes + message.wire().len() > self.limits.bytes;
-            if over_count || over_bytes {
-                self.evict_locked(&mut state, CloseReason::SLOW_CONSUMER);
-                return Err(PushError::Full);
-            }
-        }
-        cork::count_push();
-        let in_round = cork::is_active();
-        self.metrics
-            .sent(kind, payload, message.wire().len(), in_round);
-        state.bytes += message.wire().len();
-        state.queue.push_back(message);
+        self.push_locked(&mut state, message)?;
         if state.refused {
             return Ok(()); // the connection's task is driving the queue
         }
-        if in_round && state.queue.len() < FRAMES_PER_WRITE {
+        if cork::is_active() && state.queue.len() < FRAMES_PER_WRITE {
             if !state.corked {
                 state.corked = true;
                 drop(state);
@@ -263,6 +257,86 @@ impl Outbox {
         }
         self.write_now(state);
         Ok(())
+    }
+
+    /// Appends a message to the queue, within the limits while the kernel refuses.
+    fn push_locked(&self, state: &mut State, message: Message) -> Result<(), PushError> {
+        if state.close.is_some() || state.sealed || state.failed {
+            return Err(PushError::Closed);
+        }
+        if state.refused || state.writer.is_none() {
+            let over_count = state.queue.len() >= self.limits.messages;
+            let over_bytes =
+                !state.queue.is_empty() && state.bytes + message.wire().len() > self.limits.bytes;
+            if over_count || over_bytes {
+                self.evict_locked(state, CloseReason::SLOW_CONSUMER);
+                return Err(PushError::Full);
+            }
+        }
+        cork::count_push();
+        self.metrics.sent(
+            Kind::of(message.is_text()),
+            message.len(),
+            message.wire().len(),
+            cork::is_active(),
+        );
+        state.bytes += message.wire().len();
+        state.queue.push_back(message);
+        Ok(())
+    }
+
+    /// A round's broadcasts (the fanout's walk): with nothing queued, on a plain TCP
+    /// socket, all of them leave in one `send(2)` of the run's shared bytes and nothing
+    /// is queued unless the kernel refuses part of it. Returns how many messages were
+    /// taken, and whether the metrics still have to count them (the walk counts those in
+    /// bulk).
+    pub(crate) fn push_run(self: &Arc<Self>, run: &Run) -> (usize, bool) {
+        if self.deflate.is_some() {
+            let taken = run
+                .messages
+                .iter()
+                .take_while(|m| self.push_now((*m).clone()).is_ok())
+                .count();
+            return (taken, false);
+        }
+        let mut state = self.lock();
+        let direct = !state.refused
+            && state.queue.is_empty()
+            && matches!(state.writer, Some(Writer::Tcp(_)))
+            && state.close.is_none()
+            && !state.sealed
+            && !state.failed;
+        if !direct {
+            let mut taken = 0;
+            for message in &run.messages {
+                if self.push_locked(&mut state, message.clone()).is_err() {
+                    break;
+                }
+                taken += 1;
+            }
+            self.write_now(state);
+            return (taken, false);
+        }
+        let Some(writer) = state.writer.as_mut() else {
+            return (0, false);
+        };
+        let written = match writer.poll_write(None, &[IoSlice::new(&run.wire)]) {
+            Poll::Ready(Ok(n)) if n == run.wire.len() => return (run.messages.len(), true),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Pending => 0,
+            Poll::Ready(Err(_)) => {
+                fail(&mut state, &self.backpressure);
+                return (run.messages.len(), true);
+            }
+        };
+        // The kernel took `written` bytes: the rest waits, from the frame it stopped in.
+        let first = run.ends.partition_point(|&end| end <= written);
+        let start = first.checked_sub(1).map_or(0, |i| run.ends[i]);
+        state.written = written - start;
+        state.bytes = run.wire.len() - written;
+        state.queue.extend(run.messages[first..].iter().cloned());
+        self.write_now(state);
+        (run.messages.len(), true)
     }
 
     /// A control frame from the connection itself (a ping, a pong): never refused by the
@@ -327,6 +401,8 @@ impl Outbox {
     /// Asks the connection to close after writing what is queued. The first request wins;
     /// returns false if the connection was already closing.
     pub(crate) fn close(&self, reason: CloseReason) -> bool {
+        // Broadcasts made before the close reach this connection before its close frame.
+        self.fanout.settle();
         let mut state = self.lock();
         if state.close.is_some() {
             return false;
@@ -567,6 +643,7 @@ mod tests {
             Default::default(),
             None,
             Default::default(),
+            Default::default(),
         ));
         o.try_push("data".into()).unwrap();
         for i in 0..100u8 {
@@ -595,6 +672,7 @@ mod tests {
             Default::default(),
             None,
             Default::default(),
+            Default::default(),
         ));
         assert_eq!(o.try_push("a".into()), Ok(()));
         assert_eq!(o.try_push("b".into()), Ok(()));
@@ -612,6 +690,7 @@ mod tests {
             limits(4),
             Default::default(),
             None,
+            Default::default(),
             Default::default(),
         ));
         o.attach(Writer::Stream(Box::new(server)));
@@ -634,6 +713,7 @@ mod tests {
             limits(3),
             Default::default(),
             None,
+            Default::default(),
             Default::default(),
         ));
         o.attach(Writer::Stream(Box::new(server)));
