@@ -6,6 +6,7 @@
 //! original). The routes only translate HTTP into hub calls; the hub does the work.
 
 mod admin;
+mod defer_accept;
 mod home;
 mod prefixed;
 pub(crate) mod server;
