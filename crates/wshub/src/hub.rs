@@ -853,38 +853,28 @@ impl Inner {
     fn broadcast_here(&self, message: Message) -> usize {
         let message = self.compression.prepare(message);
         if cork::is_active() {
-            self.fanout.defer(message, cork::own());
+            self.fanout.defer(message);
             return self.live.load(Ordering::Relaxed);
         }
         // Earlier broadcasts go first.
         self.fanout.settle();
-        self.deliver_run(&Run::single(message, 0))
+        self.deliver_run(&Run::single(message))
     }
 
-    /// Gives every connection the run, its publishers last; returns the deliveries.
+    /// Gives every connection the run; returns the deliveries.
     fn deliver_run(&self, run: &Run) -> usize {
         let mut deliveries = 0;
         // Recipients that still need the run's metrics counted: those sent it whole.
         let mut counted_in_bulk = 0;
-        let mut last = Vec::new();
         let mut outboxes = Vec::new();
         for shard in self.shards.iter() {
             // Taken out of the shard first: its lock is not held across system calls.
             outboxes.extend(lock(shard).values().cloned());
             for outbox in outboxes.drain(..) {
-                if run.is_owner(Arc::as_ptr(&outbox).cast::<()>() as usize) {
-                    last.push(outbox);
-                    continue;
-                }
                 let (taken, bulk) = outbox.push_run(run);
                 deliveries += taken;
                 counted_in_bulk += usize::from(bulk);
             }
-        }
-        for outbox in last {
-            let (taken, bulk) = outbox.push_run(run);
-            deliveries += taken;
-            counted_in_bulk += usize::from(bulk);
         }
         self.metrics.sent_run(&run.counts, counted_in_bulk as u64);
         self.metrics.deliveries(deliveries);

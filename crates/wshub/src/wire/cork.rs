@@ -70,12 +70,6 @@ pub(crate) fn round<T, R>(own: &Arc<T>, poll: impl FnOnce() -> R) -> R {
     result
 }
 
-/// The outbox of the connection being polled (its address; 0 outside a connection's
-/// poll): a broadcast kept for the end of the round writes its publisher last.
-pub(crate) fn own() -> usize {
-    OWN.with(Cell::get)
-}
-
 /// Runs `deliver` as a round of its own, for deliveries that come from no connection
 /// (a broker's messages from other nodes): a burst of them handled in one poll leaves
 /// in one write per recipient, as a client's burst does.
