@@ -155,6 +155,27 @@ fn publishes_from_several_threads_arrive_complete_and_in_order_with_corks_across
     serve_runtime().block_on(several_threads());
 }
 
+/// Reads one `source:i:padding` message (padding `i % pad` long): it must be whole and
+/// the next of its source's.
+async fn expect_next(client: &mut Client, next: &mut [usize], pad: usize) {
+    let Frame::Text(text) = recv(client).await else {
+        panic!("a text frame");
+    };
+    let mut parts = text.split(':');
+    let source: usize = parts.next().unwrap().parse().unwrap();
+    let i: usize = parts.next().unwrap().parse().unwrap();
+    assert_eq!(
+        parts.next().unwrap().len(),
+        i % pad,
+        "message {source}:{i} is whole"
+    );
+    assert_eq!(
+        i, next[source],
+        "source {source}'s messages arrive in order"
+    );
+    next[source] += 1;
+}
+
 async fn several_threads() {
     const THREADS: usize = 4;
     const EACH: usize = 5_000;
@@ -180,19 +201,7 @@ async fn several_threads() {
         .collect();
     let mut next = [0usize; THREADS];
     for _ in 0..THREADS * EACH {
-        let Frame::Text(text) = recv(&mut client).await else {
-            panic!("a text frame");
-        };
-        let mut parts = text.split(':');
-        let t: usize = parts.next().unwrap().parse().unwrap();
-        let i: usize = parts.next().unwrap().parse().unwrap();
-        assert_eq!(
-            parts.next().unwrap().len(),
-            i % 300,
-            "message {t}:{i} is whole"
-        );
-        assert_eq!(i, next[t], "thread {t}'s messages arrive in order");
-        next[t] += 1;
+        expect_next(&mut client, &mut next, 300).await;
     }
     for thread in threads {
         thread.join().unwrap();
@@ -371,19 +380,7 @@ fn broadcasts_from_several_connections_arrive_complete_and_in_order() {
             .collect();
         let mut next = [0usize; PUBLISHERS];
         for _ in 0..PUBLISHERS * EACH {
-            let Frame::Text(text) = recv(&mut reader).await else {
-                panic!("a text frame");
-            };
-            let mut parts = text.split(':');
-            let p: usize = parts.next().unwrap().parse().unwrap();
-            let i: usize = parts.next().unwrap().parse().unwrap();
-            assert_eq!(
-                parts.next().unwrap().len(),
-                i % 200,
-                "message {p}:{i} is whole"
-            );
-            assert_eq!(i, next[p], "publisher {p}'s messages arrive in order");
-            next[p] += 1;
+            expect_next(&mut reader, &mut next, 200).await;
         }
         for task in tasks {
             let (_sink, _stream) = task.await.unwrap();
