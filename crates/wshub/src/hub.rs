@@ -4,7 +4,7 @@
 //! registry is split into shards, each behind its own short `std::sync::Mutex`, so a
 //! broadcast never holds one global lock and registrations rarely contend. A broadcast
 //! made inside a round is kept once by the fanout (`wire::fanout`) and, when the round
-//! ends, [`Inner::deliver_run`] walks the registry once, giving each connection all of the
+//! ends, `Inner::deliver_run` walks the registry once, giving each connection all of the
 //! round's broadcasts in one write. Nothing here waits on a socket; a connection whose
 //! kernel buffer and queue are full is evicted (close 1008 "slow consumer") on the spot,
 //! alone.
