@@ -8,6 +8,7 @@ import platform
 import shutil
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -553,34 +554,65 @@ def check(label, result):
     return [f"{label}: {p}" for p in problems]
 
 
+# Run `--repeat` times per workload: wshub and the peer to beat. The other peers are far
+# enough behind that one run each tells.
+REPEATED = {"wshub", "bun-uws"}
+
+
+def result_file(server, label, rep):
+    """target/bench/<server>-<workload>.json for the first run, ….rep2.json on (bench/plot.py
+    reads them all)."""
+    name = f"{server}-{label}".replace(" ", "_").replace("/", "")
+    return f"{name}.json" if rep == 0 else f"{name}.rep{rep + 1}.json"
+
+
+def figure_values(runs, name):
+    """The figure `name` of every run that has it, in run order, and its format."""
+    values, fmt = [], None
+    for r in runs:
+        for n, v, _, f in figures(r):
+            if n == name and v is not None:
+                values.append(v)
+                fmt = f
+    return values, fmt
+
+
 def table(results, servers, loads):
+    """`results[(server, workload)]`: that server's runs. A cell is the median of its runs;
+    a ratio is of the medians, with the range of the run-by-run ratios (run i against run i)
+    where both servers ran more than once. `lost` shows the largest."""
     peers = [s for s in servers if s != "wshub"]
     head = "| workload | figure | " + " | ".join(servers) + "".join(f" | wshub / {p}" for p in peers) + " |"
     rows = [head, "|" + "---|" * (2 + len(servers) + len(peers))]
     for label, _ in loads:
         names = []
         for s in servers:
-            for name, *_ in figures(results.get((s, label), {})):
-                if name not in names:
-                    names.append(name)
+            for r in results.get((s, label), []):
+                for name, *_ in figures(r):
+                    if name not in names:
+                        names.append(name)
         for name in names:
             cells, values = [], {}
             for s in servers:
-                r = results.get((s, label), {})
-                if "error" in r:
+                runs = results.get((s, label), [])
+                if runs and all("error" in r for r in runs):
                     cells.append("error")
                     continue
-                match = [(v, hib, fmt) for n, v, hib, fmt in figures(r) if n == name]
-                if not match or match[0][0] is None:
+                vs, fmt = figure_values(runs, name)
+                if not vs:
                     cells.append("–")
                     continue
-                v, hib, fmt = match[0]
-                values[s] = (v, hib)
-                cells.append(fmt.format(v))
+                values[s] = vs
+                # A loss in any run shows (and fails the run): never a median.
+                cells.append(fmt.format(max(vs) if name == "lost" else statistics.median(vs)))
             ratios = []
             for p in peers:
-                if "wshub" in values and p in values and values[p][0]:
-                    ratios.append(f"{values['wshub'][0] / values[p][0]:.2f}")
+                if "wshub" in values and p in values and statistics.median(values[p]):
+                    ratio = f"{statistics.median(values['wshub']) / statistics.median(values[p]):.2f}"
+                    pairs = [a / b for a, b in zip(values["wshub"], values[p]) if b]
+                    if len(pairs) > 1:
+                        ratio += f" ({min(pairs):.2f}–{max(pairs):.2f})"
+                    ratios.append(ratio)
                 else:
                     ratios.append("–")
             rows.append(f"| {label} | {name} | " + " | ".join(cells) + "".join(f" | {r}" for r in ratios) + " |")
@@ -595,6 +627,9 @@ def main():
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--servers", default=None)
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    parser.add_argument("--repeat", type=int, default=None, metavar="N",
+                        help="runs of each workload for wshub and bun-uws, interleaved; the table shows "
+                             "medians and the range of the run-by-run ratios (default 3; 1 with --smoke)")
     parser.add_argument("--skip", default="", metavar="SECTION[,SECTION]",
                         help=f"sections not to run, of {', '.join(SECTIONS)} (peers: the main table; "
                              "channels, compression and scaleout are wshub only); BENCHMARKS.md is then left alone")
@@ -603,8 +638,15 @@ def main():
     if skip - set(SECTIONS):
         parser.error(f"--skip: unknown section(s) {', '.join(sorted(skip - set(SECTIONS)))}; known: {', '.join(SECTIONS)}")
     servers = opts.servers.split(",") if opts.servers else (["wshub"] if opts.smoke else SERVERS)
+    repeat = opts.repeat if opts.repeat is not None else (1 if opts.smoke else 3)
+    if repeat < 1:
+        parser.error("--repeat: at least 1")
     loads = workloads(opts.smoke)
     os.makedirs(OUT, exist_ok=True)
+    # Repetitions of an earlier run with a larger --repeat would be read by bench/plot.py.
+    for stale in os.listdir(OUT):
+        if re.search(r"\.rep\d+\.json$", stale):
+            os.remove(os.path.join(OUT, stale))
     work = tempfile.mkdtemp(prefix="wshub-bench-")
     results, problems = {}, []
     try:
@@ -616,15 +658,17 @@ def main():
         try:
             for label, args in ([] if "peers" in skip else loads):
                 print(f"== {label}", flush=True)
-                for server in servers:
-                    result = run_one(server, commands[server], label, args, logs[server])
-                    results[(server, label)] = result
-                    name = f"{server}-{label}".replace(" ", "_").replace("/", "")
-                    with open(os.path.join(OUT, f"{name}.json"), "w") as f:
-                        json.dump(result, f, indent=1)
-                    problems += check(f"{server} {label}", result)
-                    shown = ", ".join(fmt.format(v) + " " + n for n, v, _, fmt in figures(result) if v is not None)
-                    print(f"  {server}: {shown or result.get('error')}", flush=True)
+                # The repetitions interleaved (wshub, bun-uws, wshub, bun-uws, …), so a
+                # slow minute falls on both.
+                for rep in range(repeat):
+                    for server in (s for s in servers if rep == 0 or s in REPEATED):
+                        result = run_one(server, commands[server], label, args, logs[server])
+                        results.setdefault((server, label), []).append(result)
+                        with open(os.path.join(OUT, result_file(server, label, rep)), "w") as f:
+                            json.dump(result, f, indent=1)
+                        problems += check(f"{server} {label}", result)
+                        shown = ", ".join(fmt.format(v) + " " + n for n, v, _, fmt in figures(result) if v is not None)
+                        print(f"  {server}: {shown or result.get('error')}", flush=True)
         finally:
             for log in logs.values():
                 log.close()
@@ -672,11 +716,15 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     mode = "smoke" if opts.smoke else "full"
-    command = "bench/compare" + (" --smoke" if opts.smoke else "") + (f" --servers {opts.servers}" if opts.servers else "") + (f" --skip {opts.skip}" if skip else "")
+    command = ("bench/compare" + (" --smoke" if opts.smoke else "") + (f" --servers {opts.servers}" if opts.servers else "")
+               + (f" --skip {opts.skip}" if skip else "") + (f" --repeat {opts.repeat}" if opts.repeat is not None else ""))
     header = (f"Run {datetime.date.today()} ({mode}): `{command}`; {os.cpu_count()} CPUs, "
               f"{platform.system()} {platform.release()}; servers on CPU 0, wshub-bench on CPU 1. "
               + ("Ratios are wshub / peer (for RSS, latency and time, below 1 is better)." if "peers" not in skip
-                 else "Ratios are against the section's baseline (for latency, below 1 is better)."))
+                 else "Ratios are against the section's baseline (for latency, below 1 is better).")
+              + (f" In the main table wshub and bun-uws ran each workload {repeat} times, interleaved: their "
+                 "cells are medians, and a ratio to bun-uws is of the medians, with the range of the "
+                 "run-by-run ratios in brackets." if repeat > 1 and "peers" not in skip else ""))
     text = header + "\n"
     if "peers" not in skip:
         text += "\n" + table(results, servers, loads) + "\n"
