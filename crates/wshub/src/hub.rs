@@ -36,7 +36,7 @@ use crate::rate::{ConnectRate, MessageRate};
 use crate::wire::backpressure::Backpressure;
 use crate::wire::cork;
 use crate::wire::fanout::{Fanout, Run, Walk};
-use crate::wire::outbox::{Deflating, Limits, Outbox, PushError};
+use crate::wire::outbox::{Deflating, Limits, Outbox, PushError, Sent};
 
 /// Registry shards: enough that broadcasts and registrations on different cores rarely
 /// meet on one lock, few enough that a broadcast's walk over them stays cheap.
@@ -872,8 +872,9 @@ impl Inner {
     /// one send per recipient.
     fn deliver_run(&self, run: &Run) -> usize {
         let mut deliveries = 0;
-        // Recipients that still need the run's metrics counted: those sent it whole.
-        let mut counted_in_bulk = 0;
+        // Recipients that still need the run's metrics counted (those sent a lane whole):
+        // plain, deflated.
+        let mut counted_in_bulk = [0u64; 2];
         let mut outboxes = Vec::with_capacity(self.live.load(Ordering::Relaxed));
         for shard in self.shards.iter() {
             // Taken out of the shards first: no lock is held across system calls.
@@ -881,11 +882,18 @@ impl Inner {
         }
         outboxes.sort_unstable_by_key(|(id, _)| *id);
         for (_, outbox) in outboxes.drain(..) {
-            let (taken, bulk) = outbox.push_run(run);
+            let (taken, sent) = outbox.push_run(run);
             deliveries += taken;
-            counted_in_bulk += usize::from(bulk);
+            match sent {
+                Sent::Plain => counted_in_bulk[0] += 1,
+                Sent::Deflated => counted_in_bulk[1] += 1,
+                Sent::Counted => {}
+            }
         }
-        self.metrics.sent_run(&run.counts, counted_in_bulk as u64);
+        self.metrics.sent_run(&run.plain.counts, counted_in_bulk[0]);
+        if let Some(deflated) = run.deflated_lane() {
+            self.metrics.sent_run(&deflated.counts, counted_in_bulk[1]);
+        }
         self.metrics.deliveries(deliveries);
         deliveries
     }

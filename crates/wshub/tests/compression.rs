@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use tokio::io::AsyncWriteExt;
 use wshub::{Broadcast, Config};
 
 const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
@@ -96,6 +97,85 @@ async fn a_compressed_broadcast_is_byte_identical_for_every_compressing_client()
     assert_eq!(
         a.read_frame().await.unwrap(),
         (true, 0x1, b"short".to_vec())
+    );
+    server.shutdown().await;
+}
+
+/// Broadcasts made in one round leave in one walk, deflated once for every client
+/// compressing with the default window (the same bytes, frames back to back), deflated
+/// for a smaller window's client alone, plain for the rest; each in order.
+#[tokio::test]
+async fn a_rounds_broadcasts_reach_every_kind_of_client_in_order() {
+    let server = start(compressing(Config::default()), Broadcast).await;
+    let (mut a, _) = RawClient::connect_with(server.addr, OFFER).await;
+    let (mut b, _) = RawClient::connect_with(server.addr, OFFER).await;
+    let small = "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n";
+    let (mut narrow, head) = RawClient::connect_with(server.addr, small).await;
+    assert!(
+        extensions(&head)
+            .unwrap()
+            .ends_with("server_max_window_bits=10")
+    );
+    let (mut plain, _) = RawClient::connect_with(server.addr, "").await;
+    eventually(|| server.hub.connection_count() == 4).await;
+
+    // Three messages in one write: the sender's task handles them in one round.
+    let texts = [
+        json_message(),
+        "short".to_owned(),
+        json_message().replace("fox", "cat"),
+    ];
+    let mut burst = Vec::new();
+    for text in &texts {
+        burst.extend(encode_frame(true, 0x1, text.as_bytes()));
+    }
+    plain.stream.write_all(&burst).await.unwrap();
+
+    let mut seen_a = Vec::new();
+    let mut wire_bytes = 0;
+    for text in &texts {
+        let (_, op_a, wire_a) = a.read_frame().await.unwrap();
+        let (_, op_b, wire_b) = b.read_frame().await.unwrap();
+        assert_eq!(
+            wire_a, wire_b,
+            "the same bytes for both default-window clients"
+        );
+        let (_, op_n, wire_n) = narrow.read_frame().await.unwrap();
+        let (_, op_p, payload) = plain.read_frame().await.unwrap();
+        let compressed = text.len() >= 256;
+        let expected = if compressed { 0x41 } else { 0x1 };
+        assert_eq!(
+            (op_a, op_b, op_n, op_p),
+            (expected, expected, expected, 0x1)
+        );
+        for (wire, who) in [(&wire_a, "default window"), (&wire_n, "small window")] {
+            let got = if compressed {
+                inflate(wire)
+            } else {
+                wire.clone()
+            };
+            assert_eq!(got, text.as_bytes(), "{who}");
+        }
+        assert_eq!(payload, text.as_bytes());
+        wire_bytes += [&wire_a, &wire_b, &wire_n, &payload]
+            .iter()
+            .map(|w| w.len() + if w.len() < 126 { 2 } else { 4 })
+            .sum::<usize>();
+        seen_a.push(wire_a);
+    }
+    assert_ne!(seen_a[0], seen_a[2]);
+    // Counted once per recipient and message, with the bytes each was sent.
+    let metrics = server.hub.metrics_text();
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(sample("wshub_messages_sent_total{type=\"text\"}"), 12.0);
+    assert_eq!(
+        sample("wshub_wire_bytes_sent_total{type=\"text\"}"),
+        wire_bytes as f64
     );
     server.shutdown().await;
 }

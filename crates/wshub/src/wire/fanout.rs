@@ -23,10 +23,11 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::compression::codec::DEFAULT_WINDOW_BITS;
 use crate::message::Message;
 use crate::metrics::Kind;
 use crate::wire::cork;
@@ -42,8 +43,16 @@ pub(crate) trait Walk: Send + Sync {
     fn walk(&self, run: &Run);
 }
 
-/// Broadcasts kept until their round ends, in the order they were made.
+/// Broadcasts kept until their round ends, in the order they were made: their frames as
+/// every plain client is sent them, and as every client compressing with the default
+/// window is (made at the first such recipient, then shared: deflated once for all).
 pub(crate) struct Run {
+    pub(crate) plain: Lane,
+    deflated: OnceLock<Lane>,
+}
+
+/// A run's frames in one form (plain or deflated).
+pub(crate) struct Lane {
     /// The messages, in order.
     pub(crate) messages: Vec<Message>,
     /// Their frames back to back: what a recipient with nothing queued is sent.
@@ -54,8 +63,8 @@ pub(crate) struct Run {
     pub(crate) counts: [(u64, u64, u64); 2],
 }
 
-impl Run {
-    fn new(messages: Vec<Message>) -> Run {
+impl Lane {
+    fn new(messages: Vec<Message>) -> Lane {
         let mut ends = Vec::with_capacity(messages.len());
         let mut counts = [(0, 0, 0); 2];
         let mut total = 0;
@@ -77,12 +86,40 @@ impl Run {
                 wire.freeze()
             }
         };
-        Run {
+        Lane {
             messages,
             wire,
             ends,
             counts,
         }
+    }
+}
+
+impl Run {
+    fn new(messages: Vec<Message>) -> Run {
+        Run {
+            plain: Lane::new(messages),
+            deflated: OnceLock::new(),
+        }
+    }
+
+    /// The run as a client that compresses with the default window is sent it (messages
+    /// under `min_size` plain): built by the first such recipient, shared by the rest.
+    pub(crate) fn deflated(&self, min_size: usize) -> &Lane {
+        self.deflated.get_or_init(|| {
+            Lane::new(
+                self.plain
+                    .messages
+                    .iter()
+                    .map(|m| m.for_compressing_peer(DEFAULT_WINDOW_BITS, min_size))
+                    .collect(),
+            )
+        })
+    }
+
+    /// The deflated lane, if a recipient needed it.
+    pub(crate) fn deflated_lane(&self) -> Option<&Lane> {
+        self.deflated.get()
     }
 
     /// One message, now (a broadcast outside any round).

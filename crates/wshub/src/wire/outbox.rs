@@ -23,6 +23,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
+use crate::compression::codec::DEFAULT_WINDOW_BITS;
 use crate::message::{CloseReason, Message};
 use crate::metrics::{Kind, Metrics};
 use crate::wire::backpressure::Backpressure;
@@ -112,6 +113,17 @@ pub(crate) struct Deflating {
     pub(crate) window_bits: u8,
     /// The hub's policy (minimum size; it counts this connection while it lives).
     pub(crate) policy: Arc<crate::compression::Policy>,
+}
+
+/// Whose metrics a recipient of a run still needs counted ([`Outbox::push_run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Counted already, message by message (queued, or deflated for this client).
+    Counted,
+    /// Sent the plain lane whole: the walk counts it.
+    Plain,
+    /// Sent the deflated lane whole: the walk counts it.
+    Deflated,
 }
 
 /// What the connection's task learns from [`Outbox::poll_drive`].
@@ -286,19 +298,28 @@ impl Outbox {
     }
 
     /// A round's broadcasts (the fanout's walk): with nothing queued, on a plain TCP
-    /// socket, all of them leave in one `send(2)` of the run's shared bytes and nothing
-    /// is queued unless the kernel refuses part of it. Returns how many messages were
-    /// taken, and whether the metrics still have to count them (the walk counts those in
-    /// bulk).
-    pub(crate) fn push_run(self: &Arc<Self>, run: &Run) -> (usize, bool) {
-        if self.deflate.is_some() {
-            let taken = run
-                .messages
-                .iter()
-                .take_while(|m| self.push_now((*m).clone()).is_ok())
-                .count();
-            return (taken, false);
-        }
+    /// socket, all of them leave in one `send(2)` of the run's shared bytes (the plain
+    /// ones, or the deflated ones for a client compressing with the default window) and
+    /// nothing is queued unless the kernel refuses part of it. Returns how many messages
+    /// were taken, and which lane's metrics the walk still has to count for this
+    /// recipient (it counts them in bulk).
+    pub(crate) fn push_run(self: &Arc<Self>, run: &Run) -> (usize, Sent) {
+        let (lane, sent) = match &self.deflate {
+            None => (&run.plain, Sent::Plain),
+            Some(d) if d.window_bits == DEFAULT_WINDOW_BITS => {
+                (run.deflated(d.policy.min_size), Sent::Deflated)
+            }
+            // A smaller window: deflated for this client alone, message by message.
+            Some(_) => {
+                let taken = run
+                    .plain
+                    .messages
+                    .iter()
+                    .take_while(|m| self.push_now((*m).clone()).is_ok())
+                    .count();
+                return (taken, Sent::Counted);
+            }
+        };
         let mut state = self.lock();
         let direct = !state.refused
             && state.queue.is_empty()
@@ -308,35 +329,35 @@ impl Outbox {
             && !state.failed;
         if !direct {
             let mut taken = 0;
-            for message in &run.messages {
+            for message in &lane.messages {
                 if self.push_locked(&mut state, message.clone()).is_err() {
                     break;
                 }
                 taken += 1;
             }
             self.write_now(state);
-            return (taken, false);
+            return (taken, Sent::Counted);
         }
         let Some(writer) = state.writer.as_mut() else {
-            return (0, false);
+            return (0, Sent::Counted);
         };
-        let written = match writer.poll_write(None, &[IoSlice::new(&run.wire)]) {
-            Poll::Ready(Ok(n)) if n == run.wire.len() => return (run.messages.len(), true),
+        let written = match writer.poll_write(None, &[IoSlice::new(&lane.wire)]) {
+            Poll::Ready(Ok(n)) if n == lane.wire.len() => return (lane.messages.len(), sent),
             Poll::Ready(Ok(n)) => n,
             Poll::Pending => 0,
             Poll::Ready(Err(_)) => {
                 fail(&mut state, &self.backpressure);
-                return (run.messages.len(), true);
+                return (lane.messages.len(), sent);
             }
         };
         // The kernel took `written` bytes: the rest waits, from the frame it stopped in.
-        let first = run.ends.partition_point(|&end| end <= written);
-        let start = first.checked_sub(1).map_or(0, |i| run.ends[i]);
+        let first = lane.ends.partition_point(|&end| end <= written);
+        let start = first.checked_sub(1).map_or(0, |i| lane.ends[i]);
         state.written = written - start;
-        state.bytes = run.wire.len() - written;
-        state.queue.extend(run.messages[first..].iter().cloned());
+        state.bytes = lane.wire.len() - written;
+        state.queue.extend(lane.messages[first..].iter().cloned());
         self.write_now(state);
-        (run.messages.len(), true)
+        (lane.messages.len(), sent)
     }
 
     /// A control frame from the connection itself (a ping, a pong): never refused by the
