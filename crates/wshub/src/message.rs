@@ -18,6 +18,9 @@ pub struct Message {
     /// The same message as a permessage-deflate frame (RSV1 set), made once for every
     /// compressing recipient of a broadcast (see `compression`).
     deflated: Option<Bytes>,
+    /// Set on a deflated frame made for a compressing client: the payload's length
+    /// before compression (what `bytes_sent` counts).
+    uncompressed_len: Option<usize>,
 }
 
 impl PartialEq for Message {
@@ -81,6 +84,7 @@ impl Message {
             wire: wire.freeze(),
             header_len,
             deflated: None,
+            uncompressed_len: None,
         }
     }
 
@@ -106,8 +110,10 @@ impl Message {
             Some(wire) if window_bits == crate::compression::codec::DEFAULT_WINDOW_BITS => {
                 Message {
                     wire: wire.clone(),
-                    header_len: self.header_len, // unused: a deflated frame is only written
+                    // Its own: the compressed payload may need a shorter length field.
+                    header_len: header_len_of(wire),
                     deflated: None,
+                    uncompressed_len: Some(self.len()),
                 }
             }
             _ => self.deflate(window_bits),
@@ -117,10 +123,13 @@ impl Message {
     /// This message as a deflated frame: RSV1 set, payload compressed.
     fn deflate(&self, window_bits: u8) -> Message {
         let first = self.wire.first().copied().unwrap_or(0x80 | OPCODE_BINARY);
-        Message::frame(
-            first | 0x40,
-            &crate::compression::codec::deflate(self.as_bytes(), window_bits),
-        )
+        Message {
+            uncompressed_len: Some(self.len()),
+            ..Message::frame(
+                first | 0x40,
+                &crate::compression::codec::deflate(self.as_bytes(), window_bits),
+            )
+        }
     }
 
     /// True for text, false for binary.
@@ -148,6 +157,12 @@ impl Message {
     /// Payload length in bytes.
     pub fn len(&self) -> usize {
         self.as_bytes().len()
+    }
+
+    /// The payload's length before compression: [`Message::len`] unless this is a frame
+    /// deflated for a compressing client.
+    pub(crate) fn uncompressed_len(&self) -> usize {
+        self.uncompressed_len.unwrap_or_else(|| self.len())
     }
 
     /// True when the payload is empty.
@@ -285,6 +300,15 @@ impl CloseReason {
 impl std::fmt::Display for CloseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.code, self.reason)
+    }
+}
+
+/// The header length of a server frame (unmasked): 2 bytes, plus the extended length.
+fn header_len_of(wire: &[u8]) -> u8 {
+    match wire.get(1).map(|b| b & 0x7F) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
     }
 }
 

@@ -173,6 +173,12 @@ async fn a_rounds_broadcasts_reach_every_kind_of_client_in_order() {
             .unwrap_or(0.0)
     };
     assert_eq!(sample("wshub_messages_sent_total{type=\"text\"}"), 12.0);
+    let payload: usize = texts.iter().map(|t| t.len()).sum();
+    assert_eq!(
+        sample("wshub_bytes_sent_total{type=\"text\"}"),
+        (4 * payload) as f64,
+        "payload bytes before compression"
+    );
     assert_eq!(
         sample("wshub_wire_bytes_sent_total{type=\"text\"}"),
         wire_bytes as f64

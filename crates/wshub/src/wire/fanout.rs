@@ -48,7 +48,8 @@ pub(crate) trait Walk: Send + Sync {
 /// window is (made at the first such recipient, then shared: deflated once for all).
 pub(crate) struct Run {
     pub(crate) plain: Lane,
-    deflated: OnceLock<Lane>,
+    /// `None`: no message is large enough to compress, so the plain lane serves.
+    deflated: OnceLock<Option<Lane>>,
 }
 
 /// A run's frames in one form (plain or deflated).
@@ -73,7 +74,7 @@ impl Lane {
             ends.push(total);
             let count = &mut counts[Kind::of(message.is_text()) as usize];
             count.0 += 1;
-            count.1 += message.len() as u64;
+            count.1 += message.uncompressed_len() as u64;
             count.2 += message.wire().len() as u64;
         }
         let wire = match messages.as_slice() {
@@ -106,20 +107,27 @@ impl Run {
     /// The run as a client that compresses with the default window is sent it (messages
     /// under `min_size` plain): built by the first such recipient, shared by the rest.
     pub(crate) fn deflated(&self, min_size: usize) -> &Lane {
-        self.deflated.get_or_init(|| {
-            Lane::new(
-                self.plain
-                    .messages
-                    .iter()
-                    .map(|m| m.for_compressing_peer(DEFAULT_WINDOW_BITS, min_size))
-                    .collect(),
-            )
-        })
+        self.deflated
+            .get_or_init(|| {
+                let messages = &self.plain.messages;
+                messages.iter().any(|m| m.len() >= min_size).then(|| {
+                    Lane::new(
+                        messages
+                            .iter()
+                            .map(|m| m.for_compressing_peer(DEFAULT_WINDOW_BITS, min_size))
+                            .collect(),
+                    )
+                })
+            })
+            .as_ref()
+            .unwrap_or(&self.plain)
     }
 
-    /// The deflated lane, if a recipient needed it.
+    /// The lane [`Run::deflated`] gave, if a recipient asked for it.
     pub(crate) fn deflated_lane(&self) -> Option<&Lane> {
-        self.deflated.get()
+        self.deflated
+            .get()
+            .map(|lane| lane.as_ref().unwrap_or(&self.plain))
     }
 
     /// One message, now (a broadcast outside any round).

@@ -288,7 +288,7 @@ impl Outbox {
         cork::count_push();
         self.metrics.sent(
             Kind::of(message.is_text()),
-            message.len(),
+            message.uncompressed_len(),
             message.wire().len(),
             cork::is_active(),
         );
